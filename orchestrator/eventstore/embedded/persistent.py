@@ -1,0 +1,481 @@
+"""Persistent subscriptions of the embedded store, mirroring EventStoreDB's semantics.
+
+Durable: the group's definition, its checkpoint and its parked list (tables ``ps_groups``/``ps_parked``,
+written through the store's writer). In memory: in-flight messages and retry counts, so after a restart
+delivery resumes after the last checkpoint (at least once), exactly as on the server.
+
+A group runs one dispatcher task while it has consumers. It loads events after its cursor, hands them to
+consumers by the group's strategy, redelivers what times out or is nacked with ``retry``, parks what
+exceeds ``max_retry_count`` or is nacked with ``park``, and checkpoints the highest position below which
+everything is done — after ``checkpoint_after`` seconds once ``min_checkpoint_count`` messages completed,
+or at once after ``max_checkpoint_count``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from orchestrator.eventstore.embedded.reader import Reader
+from orchestrator.eventstore.errors import (
+    MaxSubscribersReached,
+    SubscriptionDropped,
+    SubscriptionExists,
+    SubscriptionNotFound,
+    SubscriptionSettingsError,
+)
+from orchestrator.eventstore.types import (
+    ConsumerStrategy,
+    EventFilter,
+    NackAction,
+    PersistentSubscriptionSettings,
+    Position,
+    RecordedEvent,
+    SubscriptionInfo,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.eventstore.embedded.store import EmbeddedEventStore
+
+
+def _settings_json(s: PersistentSubscriptionSettings) -> str:
+    d = asdict(s)
+    d["strategy"] = s.strategy.value
+    return json.dumps(d, sort_keys=True)
+
+
+def _settings_from_json(text: str) -> PersistentSubscriptionSettings:
+    d = json.loads(text)
+    d["strategy"] = ConsumerStrategy(d["strategy"])
+    return PersistentSubscriptionSettings(**d)
+
+
+@dataclass(slots=True)
+class _Message:
+    event: RecordedEvent
+    retry_count: int = 0
+    consumer: Consumer | None = None
+    deadline: float = 0.0
+    #: delivered again by replay_parked: below the checkpoint, removed from the parked list when done
+    replayed: bool = False
+
+
+class Consumer:
+    """One connection to a group (implements the port's ``PersistentSubscription``)."""
+
+    def __init__(self, group: _Group) -> None:
+        self._group = group
+        self.queue: deque[RecordedEvent] = deque()
+        self.in_flight: dict[UUID, _Message] = {}
+        self._ready = asyncio.Event()
+        self.dropped: BaseException | None = None
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[RecordedEvent]:
+        return self
+
+    async def __anext__(self) -> RecordedEvent:
+        while not self.queue:
+            if self.closed:
+                raise StopAsyncIteration
+            if self.dropped is not None:
+                raise self.dropped
+            self._ready.clear()
+            await self._ready.wait()
+        return self.queue.popleft()
+
+    def deliver(self, message: _Message) -> None:
+        self.in_flight[message.event.id] = message
+        self.queue.append(replace(message.event, retry_count=message.retry_count))
+        self._ready.set()
+
+    def drop(self, error: BaseException) -> None:
+        self.dropped = error
+        self._ready.set()
+
+    async def ack(self, event_id: UUID) -> None:
+        self._group.settle(self, event_id, NackAction.SKIP)
+
+    async def nack(self, event_id: UUID, action: NackAction) -> None:
+        self._group.settle(self, event_id, action)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._ready.set()
+            self._group.disconnect(self)
+
+
+class _Group:
+    def __init__(
+        self,
+        manager: PersistentSubscriptions,
+        name: str,
+        flt: EventFilter,
+        settings: PersistentSubscriptionSettings,
+        checkpoint: int,
+        parked: int,
+    ) -> None:
+        self.manager = manager
+        self.name = name
+        self.filter = flt
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.parked = parked
+        self.cursor = checkpoint  # everything <= cursor was loaded (or is done)
+        self.outstanding: set[int] = set()  # loaded positions not yet done
+        self.pending: deque[_Message] = deque()
+        self.consumers: list[Consumer] = []
+        self.completed_since_checkpoint = 0
+        self.last_checkpoint_time = time.monotonic()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._round_robin = 0
+        self._head_waiter: asyncio.Future[None] | None = None
+
+    # --- consumers -------------------------------------------------------------------------------------
+    def connect(self) -> Consumer:
+        limit = self.settings.max_subscriber_count
+        if limit and len(self.consumers) >= limit:
+            raise MaxSubscribersReached(self.name, limit)
+        consumer = Consumer(self)
+        self.consumers.append(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name=f"persistent-subscription:{self.name}")
+        self.wake.set()
+        return consumer
+
+    def disconnect(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        # What it held goes back for redelivery, as the server retries a dropped client's messages.
+        self._retry_in_order(consumer.in_flight.values())
+        consumer.in_flight.clear()
+        consumer.queue.clear()
+        self.wake.set()
+
+    def settle(self, consumer: Consumer, event_id: UUID, action: NackAction) -> None:
+        message = consumer.in_flight.pop(event_id, None)
+        if message is None:
+            return  # already timed out and handed elsewhere, or a duplicate answer: ignored like the server
+        with contextlib.suppress(ValueError):
+            consumer.queue.remove(replace(message.event, retry_count=message.retry_count))
+        if action is NackAction.RETRY:
+            self._retry(message)
+        elif action is NackAction.PARK:
+            self._park(message)
+        else:
+            self._done(message)
+        self.wake.set()
+
+    # --- message fates ---------------------------------------------------------------------------------
+    def _retry_in_order(self, messages: Iterable[_Message]) -> None:
+        # Retries go to the front of the queue; keep them in position order there.
+        for message in sorted(messages, key=lambda m: m.event.position, reverse=True):
+            self._retry(message)
+
+    def _retry(self, message: _Message) -> None:
+        message.retry_count += 1
+        message.consumer = None
+        if message.retry_count > self.settings.max_retry_count:
+            self._park(message)
+        else:
+            self.pending.appendleft(message)
+
+    def _park(self, message: _Message) -> None:
+        position = message.event.position.commit
+        if not message.replayed:
+            self.parked += 1
+        self.manager.spawn_write(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO ps_parked (grp, position) VALUES (?, ?)", (self.name, position)
+            )
+        )
+        if not message.replayed:
+            self._done(message)
+
+    def _done(self, message: _Message) -> None:
+        if message.replayed:
+            self.parked -= 1
+            position = message.event.position.commit
+            self.manager.spawn_write(
+                lambda c: c.execute(
+                    "DELETE FROM ps_parked WHERE grp = ? AND position = ?", (self.name, position)
+                )
+            )
+            return
+        self.outstanding.discard(message.event.position.commit)
+        self.completed_since_checkpoint += 1
+
+    # --- the dispatcher ----------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        store = self.manager.store
+        try:
+            while self.consumers:
+                self.wake.clear()
+                await self._load()
+                self._expire()
+                self._dispatch()
+                await self._maybe_checkpoint()
+                delay = self._next_deadline()
+                if self.cursor >= store.notifier.head and (
+                    self._head_waiter is None or self._head_waiter.done()
+                ):
+                    self._head_waiter = store.notifier.waiter(self.cursor)
+                    self._head_waiter.add_done_callback(lambda _: self.wake.set())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.wake.wait()
+                if store.notifier.is_closed():
+                    return
+        except Exception as e:
+            for consumer in list(self.consumers):
+                consumer.drop(SubscriptionDropped(f"subscription {self.name!r} failed: {e}"))
+            raise
+
+    def _capacity(self) -> int:
+        return self.settings.live_buffer_size * max(1, len(self.consumers))
+
+    async def _load(self) -> None:
+        head = self.manager.store.notifier.head
+        room = self._capacity() - len(self.outstanding)
+        if self.cursor >= head or room <= 0:
+            return
+        after, flt = self.cursor, self.filter
+        page = min(room, max(self.settings.read_batch_size, 100))
+        events, scanned = await self.manager.store.reader.run(
+            lambda c: Reader.read_all_page(c, after, head, flt, page)
+        )
+        if self.cursor != after:
+            return  # the group was reset meanwhile (e.g. deleted); drop the page
+        self.cursor = scanned
+        for event in events:
+            self.outstanding.add(event.position.commit)
+            self.pending.append(_Message(event))
+        if events:
+            self.wake.set()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for consumer in self.consumers:
+            expired = [m for m in consumer.in_flight.values() if m.deadline <= now]
+            for message in expired:
+                del consumer.in_flight[message.event.id]
+                with contextlib.suppress(ValueError):
+                    consumer.queue.remove(replace(message.event, retry_count=message.retry_count))
+            self._retry_in_order(expired)
+
+    def _pick(self, message: _Message) -> Consumer | None:
+        live = [c for c in self.consumers if len(c.in_flight) < self.settings.live_buffer_size]
+        if not live:
+            return None
+        match self.settings.strategy:
+            case ConsumerStrategy.PINNED:
+                # A stream belongs to one consumer; if that one is full the message waits for it.
+                owner = self.consumers[zlib.crc32(message.event.stream.encode()) % len(self.consumers)]
+                return owner if owner in live else None
+            case ConsumerStrategy.ROUND_ROBIN:
+                self._round_robin = (self._round_robin + 1) % len(live)
+                return live[self._round_robin]
+            case ConsumerStrategy.DISPATCH_TO_SINGLE:
+                return live[0]
+
+    def _dispatch(self) -> None:
+        if not self.consumers or not self.pending:
+            return
+        deadline = time.monotonic() + self.settings.message_timeout
+        waiting: deque[_Message] = deque()
+        while self.pending:
+            message = self.pending.popleft()
+            consumer = self._pick(message)
+            if consumer is None:
+                waiting.append(message)
+                if self.settings.strategy is not ConsumerStrategy.PINNED:
+                    break  # everyone is full
+                continue
+            message.consumer = consumer
+            message.deadline = deadline
+            consumer.deliver(message)
+        waiting.extend(self.pending)
+        self.pending = waiting
+
+    def _next_deadline(self) -> float:
+        deadlines = [m.deadline for c in self.consumers for m in c.in_flight.values()]
+        now = time.monotonic()
+        delay = max(0.0, min(deadlines) - now) if deadlines else 3600.0
+        if self.completed_since_checkpoint:
+            delay = min(delay, max(0.0, self.last_checkpoint_time + self.settings.checkpoint_after - now))
+        return delay + 0.001
+
+    def _done_up_to(self) -> int:
+        return min(self.outstanding) - 1 if self.outstanding else self.cursor
+
+    async def _maybe_checkpoint(self, force: bool = False) -> None:
+        n = self.completed_since_checkpoint
+        due = time.monotonic() - self.last_checkpoint_time >= self.settings.checkpoint_after
+        if not force and not (
+            n >= self.settings.max_checkpoint_count or (n >= self.settings.min_checkpoint_count and due)
+        ):
+            return
+        position = self._done_up_to()
+        self.completed_since_checkpoint = 0
+        self.last_checkpoint_time = time.monotonic()
+        if position == self.checkpoint:
+            return
+        self.checkpoint = position
+        name = self.name
+        await self.manager.store.write_call(
+            lambda c: c.execute("UPDATE ps_groups SET checkpoint = ? WHERE name = ?", (position, name))
+        )
+
+    async def stop(self, error: BaseException | None) -> None:
+        for consumer in list(self.consumers):
+            consumer.drop(error or SubscriptionDropped(f"subscription {self.name!r} closed"))
+        self.consumers.clear()
+        self.wake.set()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    def info(self) -> SubscriptionInfo:
+        in_flight = sum(len(c.in_flight) for c in self.consumers)
+        return SubscriptionInfo(
+            group=self.name,
+            filter=self.filter,
+            settings=self.settings,
+            checkpoint=Position(self.checkpoint) if self.checkpoint else None,
+            in_flight=in_flight,
+            parked=self.parked,
+            connections=len(self.consumers),
+        )
+
+
+class PersistentSubscriptions:
+    def __init__(self, store: EmbeddedEventStore) -> None:
+        self.store = store
+        self.groups: dict[str, _Group] = {}
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    async def load(self) -> None:
+        def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT g.name, g.filter, g.settings, coalesce(g.checkpoint, g.start_after, 0),"
+                " (SELECT count(*) FROM ps_parked p WHERE p.grp = g.name) FROM ps_groups g"
+            ).fetchall()
+
+        for name, flt, settings, checkpoint, parked in await self.store.reader.run(read):
+            self.groups[name] = _Group(
+                self,
+                name,
+                EventFilter.from_json(json.loads(flt)),
+                _settings_from_json(settings),
+                checkpoint,
+                parked,
+            )
+
+    def spawn_write(self, fn: Any) -> None:
+        """A write whose result nobody awaits (parking); ordered after earlier writes by the writer."""
+        task = asyncio.ensure_future(self.store.write_call(fn))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    def _group(self, name: str) -> _Group:
+        group = self.groups.get(name)
+        if group is None:
+            raise SubscriptionNotFound(name)
+        return group
+
+    async def create(
+        self,
+        name: str,
+        flt: EventFilter,
+        settings: PersistentSubscriptionSettings,
+        after: Position | None,
+        from_end: bool,
+    ) -> None:
+        if name in self.groups:
+            raise SubscriptionExists(name)
+        start = self.store.notifier.head if from_end else (after.commit if after is not None else 0)
+        filter_json, settings_json = json.dumps(flt.to_json()), _settings_json(settings)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO ps_groups (name, filter, settings, start_after) VALUES (?, ?, ?, ?)",
+                (name, filter_json, settings_json, start),
+            )
+
+        if name in self.groups:
+            raise SubscriptionExists(name)
+        self.groups[name] = _Group(self, name, flt, settings, start, 0)
+        try:
+            await self.store.write_call(insert)
+        except Exception:
+            del self.groups[name]
+            raise
+
+    async def update(self, name: str, settings: PersistentSubscriptionSettings) -> None:
+        group = self._group(name)
+        if settings.strategy is not group.settings.strategy:
+            raise SubscriptionSettingsError(
+                f"the consumer strategy of {name!r} cannot change ({group.settings.strategy.value}"
+                f" -> {settings.strategy.value}): delete and recreate the group"
+            )
+        text = _settings_json(settings)
+        await self.store.write_call(
+            lambda c: c.execute("UPDATE ps_groups SET settings = ? WHERE name = ?", (text, name))
+        )
+        group.settings = settings
+        group.wake.set()
+
+    async def delete(self, name: str) -> None:
+        group = self._group(name)
+        del self.groups[name]
+        await group.stop(SubscriptionDropped(f"subscription {name!r} was deleted"))
+
+        def remove(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM ps_groups WHERE name = ?", (name,))
+            conn.execute("DELETE FROM ps_parked WHERE grp = ?", (name,))
+
+        await self.store.write_call(remove)
+
+    async def connect(self, name: str) -> Consumer:
+        return self._group(name).connect()
+
+    async def replay_parked(self, name: str) -> None:
+        group = self._group(name)
+        positions = await self.store.reader.run(
+            lambda c: [
+                r[0]
+                for r in c.execute("SELECT position FROM ps_parked WHERE grp = ? ORDER BY position", (name,))
+            ]
+        )
+        queued = {m.event.position.commit for m in group.pending if m.replayed}
+        wanted = [p for p in positions if p not in queued]
+        events: Sequence[RecordedEvent] = await self.store.reader.run(lambda c: Reader.events_at(c, wanted))
+        group.pending.extend(_Message(e, replayed=True) for e in events)
+        group.wake.set()
+
+    async def info(self, name: str) -> SubscriptionInfo:
+        return self._group(name).info()
+
+    async def list(self) -> list[SubscriptionInfo]:
+        return [g.info() for g in self.groups.values()]
+
+    async def close(self) -> None:
+        for group in self.groups.values():
+            if group.consumers:
+                with contextlib.suppress(Exception):
+                    await group._maybe_checkpoint(force=True)
+            await group.stop(None)
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
