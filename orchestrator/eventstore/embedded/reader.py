@@ -70,6 +70,8 @@ class Reader:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eventstore-reader")
         self._closed = False
+        #: reads served so far (a test uses it to show that idle subscribers do not poll)
+        self.calls = 0
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -84,6 +86,7 @@ class Reader:
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreClosed("event store is closed")
+        self.calls += 1
 
         def call() -> T:
             try:

@@ -126,6 +126,7 @@ class Writer:
         self._closed = False
         #: streams changed by the group being written (the cache may evict, this may not)
         self._touched: dict[str, _Stream] = {}
+        self._group_appends = self._group_events = 0
         self._thread = threading.Thread(target=self._run, name="eventstore-writer", daemon=True)
         self._thread.start()
 
@@ -182,6 +183,7 @@ class Writer:
         conn = self._conn
         results: list[tuple[asyncio.Future[Any], Any]] = []
         touched = self._touched = {}
+        self._group_appends = self._group_events = 0
         head_before = self.head
         now_us = max(time.time_ns() // 1000, self._last_time_us)
         rows: list[tuple[Any, ...]] = []
@@ -207,9 +209,8 @@ class Writer:
         self._last_time_us = now_us
         self.stats.commits += 1
         self.stats.fsync_groups += 1
-        n_appends = sum(1 for r, _ in group if isinstance(r, _Append))
-        self.stats.appends += n_appends
-        self.stats.events += len(rows)
+        self.stats.appends += self._group_appends
+        self.stats.events += self._group_events
         self.stats.group_sizes.append(len(group))
         self._maybe_checkpoint()
         self._resolve_later(
@@ -345,6 +346,8 @@ class Writer:
             )
         stream.last_revision = first_revision + len(req.events) - 1
         self._touch(req.stream, stream)
+        self._group_appends += 1
+        self._group_events += len(req.events)
         return AppendResult(Position(self.head), stream.last_revision)
 
     def _existing_ids(
