@@ -1,0 +1,80 @@
+"""Steps implemented as in-process callables, registered by (service, action).
+
+They follow the same rules as HTTP participants: the callable gets the attempt's byte-identical request
+(parsed) and its idempotency key; it returns the output (JSON-able) for success, raises
+:class:`StepRejected` for a business rejection or :class:`StepTransient` for "try again"; any other
+exception is a bug in our own code and suspends the saga (never compensation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.engine.calls import CallResult, OutcomeKind, StepCall
+
+
+class StepRejected(Exception):
+    """A business rejection from an in-process step (like HTTP 422)."""
+
+
+class StepTransient(Exception):
+    """A transient failure from an in-process step (like HTTP 503); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class InProcessRequest:
+    saga_id: str
+    tenant: str
+    step: str
+    attempt: int
+    idempotency_key: str
+    body: Any
+
+
+Handler = Callable[[InProcessRequest], Awaitable[Any]]
+
+
+class InProcessExecutor:
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], Handler] = {}
+
+    def register(self, service: str, action: str, handler: Handler) -> None:
+        self._handlers[(service, action)] = handler
+
+    def knows(self, service: str) -> bool:
+        return any(s == service for s, _ in self._handlers)
+
+    def handles(self, service: str, action: str) -> bool:
+        return (service, action) in self._handlers
+
+    async def call(self, call: StepCall) -> CallResult:
+        handler = self._handlers.get((call.service, call.action))
+        if handler is None:
+            return CallResult(
+                OutcomeKind.CONTRACT,
+                None,
+                error="unknown_action",
+                detail=f"{call.service}/{call.action}",
+                not_sent=True,
+            )
+        request = InProcessRequest(
+            call.saga_id, call.tenant, call.step, call.attempt, call.idempotency_key, json.loads(call.body)
+        )
+        try:
+            output = await handler(request)
+        except StepRejected as e:
+            return CallResult(OutcomeKind.REJECTION, None, error="rejected", detail=str(e))
+        except StepTransient as e:
+            return CallResult(
+                OutcomeKind.TRANSIENT, None, error="transient", detail=str(e), retry_after=e.retry_after
+            )
+        except Exception as e:
+            return CallResult(OutcomeKind.CONTRACT, None, error="internal", detail=repr(e))
+        return CallResult(OutcomeKind.SUCCESS, 200, output=output)
