@@ -1,0 +1,205 @@
+"""The HTTP executor against real aiohttp servers on loopback: headers, body, outcome table, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from orchestrator.engine.calls import OutcomeKind, Phase, StepCall, classify
+from orchestrator.engine.http_executor import HttpExecutor, parse_retry_after
+from orchestrator.settings import ServiceConfig
+
+
+@pytest.mark.parametrize(
+    ("status", "phase", "kind"),
+    [
+        (200, Phase.ACTION, OutcomeKind.SUCCESS),
+        (204, Phase.COMPENSATION, OutcomeKind.SUCCESS),
+        (404, Phase.COMPENSATION, OutcomeKind.SUCCESS),
+        (410, Phase.COMPENSATION, OutcomeKind.SUCCESS),
+        (404, Phase.ACTION, OutcomeKind.CONTRACT),
+        (401, Phase.ACTION, OutcomeKind.CONTRACT),
+        (400, Phase.ACTION, OutcomeKind.CONTRACT),
+        (415, Phase.COMPENSATION, OutcomeKind.CONTRACT),
+        (302, Phase.ACTION, OutcomeKind.CONTRACT),
+        (422, Phase.ACTION, OutcomeKind.REJECTION),
+        (402, Phase.ACTION, OutcomeKind.REJECTION),
+        (418, Phase.ACTION, OutcomeKind.REJECTION),
+        (422, Phase.COMPENSATION, OutcomeKind.REJECTION),
+        (409, Phase.ACTION, OutcomeKind.TRANSIENT),
+        (408, Phase.ACTION, OutcomeKind.TRANSIENT),
+        (425, Phase.ACTION, OutcomeKind.TRANSIENT),
+        (429, Phase.ACTION, OutcomeKind.TRANSIENT),
+        (500, Phase.ACTION, OutcomeKind.TRANSIENT),
+        (503, Phase.COMPENSATION, OutcomeKind.TRANSIENT),
+    ],
+)
+def test_outcome_table(status: int, phase: Phase, kind: OutcomeKind) -> None:
+    assert classify(status, phase) is kind
+
+
+def test_outcome_overrides_win() -> None:
+    assert classify(409, Phase.ACTION, {"409": "rejection"}) is OutcomeKind.REJECTION
+
+
+def test_retry_after_seconds_date_and_cap() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("7", 300) == 7.0
+    assert parse_retry_after("7000", 300) == 300.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), 300, now) == 30.0
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), 300, now) == 0.0
+    assert parse_retry_after("soon", 300) is None
+    assert parse_retry_after(None, 300) is None
+
+
+class Participant:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.answers: dict[str, web.StreamResponse] = {}
+        self.delay = 0.0
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append((request.path, dict(request.headers), body))
+        self.arrived.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        action = request.match_info["action"]
+        if action == "redirect":
+            raise web.HTTPFound("/elsewhere")
+        if action == "busy":
+            return web.Response(status=503, headers={"Retry-After": "3"})
+        if action == "reject":
+            return web.json_response({"type": "declined"}, status=422)
+        if action == "nojson":
+            return web.Response(text="ok", status=200)
+        return web.json_response({"echo": json.loads(body)["step"]})
+
+
+@pytest.fixture
+async def participant() -> AsyncIterator[tuple[Participant, str]]:
+    p = Participant()
+    app = web.Application()
+    app.router.add_post("/{action}", p.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield p, f"http://127.0.0.1:{server.port}"
+    await server.close()
+
+
+def _call(action: str, *, phase: Phase = Phase.ACTION, timeout: float = 5.0, attempt: int = 1) -> StepCall:
+    body = json.dumps({"saga_id": "s-1", "step": "reserve", "input": {"n": 1}}).encode()
+    return StepCall(
+        tenant="acme",
+        saga_id="s-1",
+        step="reserve",
+        service="inventory",
+        action=action,
+        phase=phase,
+        attempt=attempt,
+        idempotency_key="key-1",
+        body=body,
+        timeout=timeout,
+        send_deadline=time.monotonic() + timeout + 1,
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+
+
+async def test_success_sends_the_contract_headers_and_body(participant: tuple[Participant, str]) -> None:
+    p, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    call = _call("reserve", attempt=2)
+    result = await executor.call(call)
+    await executor.close()
+    assert result.kind is OutcomeKind.SUCCESS
+    assert result.output == {"echo": "reserve"}
+    path, headers, body = p.requests[0]
+    assert path == "/reserve"
+    assert body == call.body
+    assert headers["Idempotency-Key"] == "key-1"
+    assert headers["X-Saga-Attempt"] == "2"
+    assert headers["X-Saga-Id"] == "s-1"
+    assert headers["X-Tenant-Id"] == "acme"
+    assert headers["traceparent"].startswith("00-0af7")
+
+
+async def test_redirects_are_not_followed(participant: tuple[Participant, str]) -> None:
+    p, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    result = await executor.call(_call("redirect"))
+    await executor.close()
+    assert result.kind is OutcomeKind.CONTRACT
+    assert result.status == 302
+    assert [r[0] for r in p.requests] == ["/redirect"]
+
+
+async def test_transient_answer_carries_retry_after(participant: tuple[Participant, str]) -> None:
+    _, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    busy = await executor.call(_call("busy"))
+    reject = await executor.call(_call("reject"))
+    nojson = await executor.call(_call("nojson"))
+    nojson_comp = await executor.call(_call("nojson", phase=Phase.COMPENSATION))
+    await executor.close()
+    assert (busy.kind, busy.status, busy.retry_after) == (OutcomeKind.TRANSIENT, 503, 3.0)
+    assert (reject.kind, reject.error) == (OutcomeKind.REJECTION, "http_422")
+    assert (nojson.kind, nojson.error) == (OutcomeKind.CONTRACT, "bad_output")
+    assert nojson_comp.kind is OutcomeKind.SUCCESS
+
+
+async def test_timeout_is_transient(participant: tuple[Participant, str]) -> None:
+    p, url = participant
+    p.delay = 2.0
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    result = await executor.call(_call("slow", timeout=0.2))
+    await executor.close()
+    assert (result.kind, result.error) == (OutcomeKind.TRANSIENT, "timeout")
+
+
+async def test_connection_refused_is_transient_and_not_sent() -> None:
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url="http://127.0.0.1:9")})
+    result = await executor.call(_call("reserve"))
+    await executor.close()
+    assert result.kind is OutcomeKind.TRANSIENT
+    assert result.not_sent
+
+
+async def test_never_sends_past_the_deadline(participant: tuple[Participant, str]) -> None:
+    p, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url, pool_limit=1)})
+    late = _call("reserve")
+    late = StepCall(**{**{f: getattr(late, f) for f in late.__dataclass_fields__}, "send_deadline": 0.0})
+    result = await executor.call(late)
+    await executor.close()
+    assert result.not_sent
+    assert p.requests == []
+
+
+async def test_a_full_pool_waits_at_most_the_acquire_cap(participant: tuple[Participant, str]) -> None:
+    p, url = participant
+    p.delay = 1.0
+    executor = HttpExecutor(
+        {"inventory": ServiceConfig(base_url=url, pool_limit=1, pool_acquire_timeout_ms=100)}
+    )
+    first = asyncio.ensure_future(executor.call(_call("reserve")))
+    await asyncio.wait_for(p.arrived.wait(), 5)  # the first call now holds the only slot
+    second = await executor.call(_call("reserve"))
+    assert (second.kind, second.error, second.not_sent) == (OutcomeKind.TRANSIENT, "pool_exhausted", True)
+    assert (await first).kind is OutcomeKind.SUCCESS
+    await executor.close()
+    assert len(p.requests) == 1
+
+
+async def test_unknown_service_is_a_configuration_error() -> None:
+    executor = HttpExecutor({})
+    result = await executor.call(_call("reserve"))
+    assert (result.kind, result.error) == (OutcomeKind.CONTRACT, "unknown_service")
