@@ -62,11 +62,15 @@ class TimerIndex:
         row = self._conn.execute("SELECT commit_position FROM position WHERE id = 0").fetchone()
         return None if row is None or row[0] is None else Position(row[0])
 
-    def apply(self, changes: Iterable[TimerChange], position: Position) -> None:
-        """Apply ``changes`` and record ``position`` in one transaction."""
+    def apply(
+        self, changes: Iterable[TimerChange], position: Position, reset_streams: Iterable[str] = ()
+    ) -> None:
+        """Forget every timer of ``reset_streams``, apply ``changes`` and record ``position``, in one
+        transaction."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.executemany("DELETE FROM timers WHERE stream = ?", [(s,) for s in reset_streams])
             for change in changes:
                 if change.due_at is None:
                     conn.execute("DELETE FROM timers WHERE timer_id = ?", (change.timer_id,))

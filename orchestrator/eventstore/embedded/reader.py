@@ -33,17 +33,18 @@ def _regexp(pattern: str, value: str) -> bool:
 
 
 def to_event(row: Sequence[Any], retry_count: int = 0) -> RecordedEvent:
+    # Positional on purpose: this runs once per event on every catch-up, keywords cost ~10% more.
     return RecordedEvent(
-        id=UUID(bytes=row[3]),
-        type=row[4],
-        data=row[5],
-        metadata=row[6],
-        stream=row[1],
-        revision=row[2],
-        position=Position(row[0]),
-        recorded_at=datetime.fromtimestamp(row[8] / 1_000_000, UTC),
-        content_type=row[7] or "application/json",
-        retry_count=retry_count,
+        UUID(bytes=row[3]),
+        row[4],
+        row[5],
+        row[6],
+        row[1],
+        row[2],
+        Position(row[0]),
+        datetime.fromtimestamp(row[8] / 1_000_000, UTC),
+        row[7] or "application/json",
+        retry_count,
     )
 
 

@@ -54,6 +54,8 @@ WRITER_PRAGMAS = (
     "PRAGMA synchronous=FULL",
     # The writer checkpoints the WAL itself above a size limit (see writer.py), not every 1000 pages.
     "PRAGMA wal_autocheckpoint=0",
+    # When SQLite restarts the WAL after a checkpoint it truncates the file to this size.
+    "PRAGMA journal_size_limit=16777216",
     "PRAGMA temp_store=MEMORY",
     "PRAGMA cache_size=-65536",
     "PRAGMA busy_timeout=5000",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import queue
 import sqlite3
 import threading
@@ -111,7 +110,6 @@ class Writer:
         stream_cache_size: int = 100_000,
     ) -> None:
         self._conn = conn
-        self._wal_path = Path(f"{db_path}-wal")
         self._loop = loop
         self._publish = publish
         self._max_group = max_group
@@ -126,7 +124,9 @@ class Writer:
         self._closed = False
         #: streams changed by the group being written (the cache may evict, this may not)
         self._touched: dict[str, _Stream] = {}
-        self._group_appends = self._group_events = 0
+        self._group_appends = self._group_events = self._group_bytes = 0
+        self._wal_pending = 0
+        self._page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
         self._thread = threading.Thread(target=self._run, name="eventstore-writer", daemon=True)
         self._thread.start()
 
@@ -183,7 +183,7 @@ class Writer:
         conn = self._conn
         results: list[tuple[asyncio.Future[Any], Any]] = []
         touched = self._touched = {}
-        self._group_appends = self._group_events = 0
+        self._group_appends = self._group_events = self._group_bytes = 0
         head_before = self.head
         now_us = max(time.time_ns() // 1000, self._last_time_us)
         rows: list[tuple[Any, ...]] = []
@@ -212,7 +212,7 @@ class Writer:
         self.stats.appends += self._group_appends
         self.stats.events += self._group_events
         self.stats.group_sizes.append(len(group))
-        self._maybe_checkpoint()
+        self._maybe_checkpoint(self._group_bytes)
         self._resolve_later(
             results, self.head if self.head != head_before else None, frozenset(touched), self.stats.commits
         )
@@ -244,16 +244,18 @@ class Writer:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
             self._loop.call_soon_threadsafe(resolve)
 
-    def _maybe_checkpoint(self) -> None:
-        try:
-            size = os.stat(self._wal_path).st_size
-        except FileNotFoundError:
-            size = 0
-        self.stats.wal_bytes = size
-        if size > self._wal_limit:
-            mode = "TRUNCATE" if size > 4 * self._wal_limit else "PASSIVE"
-            self._conn.execute(f"PRAGMA wal_checkpoint({mode})")
-            self.stats.wal_checkpoints += 1
+    def _maybe_checkpoint(self, written: int) -> None:
+        # The WAL file does not shrink when SQLite restarts it from the top, so its size on disk says
+        # nothing about what awaits a checkpoint. Count what we wrote instead, and let SQLite tell us after
+        # each checkpoint how many frames are still pending (readers can hold some back).
+        self._wal_pending += written
+        self.stats.wal_bytes = self._wal_pending
+        if self._wal_pending <= self._wal_limit:
+            return
+        busy, log, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.stats.wal_checkpoints += 1
+        self._wal_pending = max(0, log - done) * self._page_size if busy == 0 else self._wal_pending // 2
+        self.stats.wal_bytes = self._wal_pending
 
     # --- deciding one request -------------------------------------------------------------------------
     def _stream(self, name: str) -> _Stream | None:
@@ -348,6 +350,8 @@ class Writer:
         self._touch(req.stream, stream)
         self._group_appends += 1
         self._group_events += len(req.events)
+        # WAL growth estimate: payload plus per-row and index overhead.
+        self._group_bytes += sum(e.size for e in req.events) + 64 * len(req.events)
         return AppendResult(Position(self.head), stream.last_revision)
 
     def _existing_ids(
