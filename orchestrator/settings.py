@@ -46,7 +46,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-OutcomeKind = Literal["success", "rejection", "transient", "contract"]
+OutcomeOverride = Literal["succeeded", "rejected", "transient", "misconfigured"]
 
 
 class ServiceAuth(_Strict):
@@ -65,8 +65,8 @@ class ServiceConfig(_Strict):
     pool_acquire_timeout_ms: int = Field(default=1_000, ge=1, le=600_000)
     connect_timeout_ms: int = Field(default=2_000, ge=1, le=600_000)
     auth: ServiceAuth | None = None
-    #: per-status overrides of the outcome table, e.g. {"409": "rejection"}
-    outcomes: dict[str, OutcomeKind] = Field(default_factory=dict)
+    #: per-status overrides of the outcome table, e.g. {"409": "rejected"}
+    outcomes: dict[str, OutcomeOverride] = Field(default_factory=dict)
     #: the longest Retry-After honoured (seconds)
     max_retry_after_s: float = Field(default=300.0, ge=0)
 
@@ -79,7 +79,7 @@ class ServiceConfig(_Strict):
 
     @field_validator("outcomes")
     @classmethod
-    def _statuses(cls, v: dict[str, OutcomeKind]) -> dict[str, OutcomeKind]:
+    def _statuses(cls, v: dict[str, OutcomeOverride]) -> dict[str, OutcomeOverride]:
         for key in v:
             if not re.fullmatch(r"[1-5][0-9][0-9]", key):
                 raise ValueError(f"outcome override key {key!r} is not an HTTP status code")

@@ -1,58 +1,34 @@
-"""What a step call is and what came back: the executor-facing values and the outcome table.
+"""What a step call is and what came back. The outcome table (design.md §4) lives in the domain
+(``orchestrator.domain.outcomes``); per phase it is:
 
-The outcome table (design.md §4), per phase:
-
-| answer                                                 | action phase           | compensation phase  |
-|--------------------------------------------------------|------------------------|---------------------|
-| 2xx                                                    | success (body = output) | done               |
-| 404, 410                                               | contract error          | done (nothing to undo) |
-| 422, 402, any other 4xx not listed                     | business rejection      | cannot compensate   |
-| 408, 425, 429, 5xx, 409 (duplicate in flight), timeout, connection error | transient | transient       |
-| 400, 401, 403, 405, 406, 413, 415, 3xx                 | contract error          | contract error      |
+| answer                                             | action phase              | compensation phase |
+|----------------------------------------------------|---------------------------|--------------------|
+| 2xx                                                | succeeded (body = output) | done               |
+| 404, 410                                           | misconfigured             | done (no effect)   |
+| 422, 402, any other 4xx not listed                 | rejected                  | cannot compensate  |
+| 408, 409, 425, 429, 5xx, timeout, connection error | transient                 | transient          |
+| 400, 401, 403, 405, 406, 413, 415, 3xx             | misconfigured (suspend)   | misconfigured      |
 
 A service may override single statuses (``outcomes`` in its registry entry).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.domain.outcomes import classify_http_status
+from orchestrator.domain.vocabulary import OutcomeKind, Phase
 
-class Phase(enum.Enum):
-    ACTION = "action"
-    COMPENSATION = "compensation"
-
-
-class OutcomeKind(enum.Enum):
-    #: 2xx (or, compensating, "nothing to undo")
-    SUCCESS = "success"
-    #: the participant said no for business reasons: compensate (or, compensating, dead-letter)
-    REJECTION = "rejection"
-    #: try again later: retry with backoff until the policy gives up
-    TRANSIENT = "transient"
-    #: a contract or configuration error: suspend the saga, compensate nothing
-    CONTRACT = "contract"
-
-
-_TRANSIENT = frozenset({408, 409, 425, 429})
-_CONTRACT = frozenset({400, 401, 403, 404, 405, 406, 413, 415})
+__all__ = ["CallResult", "OutcomeKind", "Phase", "StepCall", "classify"]
 
 
 def classify(status: int, phase: Phase, overrides: Mapping[str, str] | None = None) -> OutcomeKind:
+    """The domain's default table, with a service's per-status overrides on top."""
     if overrides and str(status) in overrides:
         return OutcomeKind(overrides[str(status)])
-    if 200 <= status < 300:
-        return OutcomeKind.SUCCESS
-    if phase is Phase.COMPENSATION and status in (404, 410):
-        return OutcomeKind.SUCCESS
-    if status in _TRANSIENT or status >= 500:
-        return OutcomeKind.TRANSIENT
-    if status in _CONTRACT or 300 <= status < 400 or status < 200:
-        return OutcomeKind.CONTRACT
-    return OutcomeKind.REJECTION
+    return classify_http_status(status, phase)
 
 
 @dataclass(frozen=True, slots=True)

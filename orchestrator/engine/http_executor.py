@@ -76,7 +76,7 @@ class HttpExecutor:
     async def call(self, call: StepCall) -> CallResult:
         if call.service not in self._configs:
             return CallResult(
-                OutcomeKind.CONTRACT, None, error="unknown_service", detail=call.service, not_sent=True
+                OutcomeKind.MISCONFIGURED, None, error="unknown_service", detail=call.service, not_sent=True
             )
         service = self._service(call.service)
         config = service.config
@@ -128,7 +128,7 @@ class HttpExecutor:
         except (aiohttp.ClientError, OSError) as e:
             return CallResult(OutcomeKind.TRANSIENT, None, error="connection", detail=str(e))
         kind = classify(status, call.phase, config.outcomes)
-        if kind is not OutcomeKind.SUCCESS:
+        if kind is not OutcomeKind.SUCCEEDED:
             return CallResult(
                 kind,
                 status,
@@ -137,16 +137,18 @@ class HttpExecutor:
                 retry_after=retry_after,
             )
         if call.phase is Phase.COMPENSATION:
-            return CallResult(OutcomeKind.SUCCESS, status)  # a compensation's answer body is not used
+            return CallResult(OutcomeKind.SUCCEEDED, status)  # a compensation's answer body is not used
         if len(body) > MAX_OUTPUT_BYTES:
-            return CallResult(OutcomeKind.CONTRACT, status, error="output_too_large", detail=url)
+            return CallResult(OutcomeKind.MISCONFIGURED, status, error="output_too_large", detail=url)
         if not body.strip():
-            return CallResult(OutcomeKind.SUCCESS, status, output=None)
+            return CallResult(OutcomeKind.SUCCEEDED, status, output=None)
         try:
             output = json.loads(body)
         except ValueError:
-            return CallResult(OutcomeKind.CONTRACT, status, error="bad_output", detail="2xx body is not JSON")
-        return CallResult(OutcomeKind.SUCCESS, status, output=output)
+            return CallResult(
+                OutcomeKind.MISCONFIGURED, status, error="bad_output", detail="2xx body is not JSON"
+            )
+        return CallResult(OutcomeKind.SUCCEEDED, status, output=output)
 
     async def close(self) -> None:
         for service in self._services.values():

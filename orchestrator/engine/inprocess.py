@@ -58,7 +58,7 @@ class InProcessExecutor:
         handler = self._handlers.get((call.service, call.action))
         if handler is None:
             return CallResult(
-                OutcomeKind.CONTRACT,
+                OutcomeKind.MISCONFIGURED,
                 None,
                 error="unknown_action",
                 detail=f"{call.service}/{call.action}",
@@ -70,11 +70,11 @@ class InProcessExecutor:
         try:
             output = await handler(request)
         except StepRejected as e:
-            return CallResult(OutcomeKind.REJECTION, None, error="rejected", detail=str(e))
+            return CallResult(OutcomeKind.REJECTED, None, error="rejected", detail=str(e))
         except StepTransient as e:
             return CallResult(
                 OutcomeKind.TRANSIENT, None, error="transient", detail=str(e), retry_after=e.retry_after
             )
         except Exception as e:
-            return CallResult(OutcomeKind.CONTRACT, None, error="internal", detail=repr(e))
-        return CallResult(OutcomeKind.SUCCESS, 200, output=output)
+            return CallResult(OutcomeKind.CRASHED, None, error="internal", detail=repr(e))
+        return CallResult(OutcomeKind.SUCCEEDED, 200, output=output)

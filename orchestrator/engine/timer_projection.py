@@ -7,6 +7,8 @@ is told about new timers that fall inside its window.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,13 +18,14 @@ from orchestrator.domain.events import SagaStarted
 from orchestrator.domain.state import SagaState, evolve, fold, is_terminal, start, timer_changes
 from orchestrator.engine.codec import SAGA_STREAM_PREFIX, from_recorded
 from orchestrator.engine.timers import TimerChange, TimerFirer, TimerIndex
-from orchestrator.eventstore.port import EventStore
+from orchestrator.eventstore.port import EventStore, Subscription
 from orchestrator.eventstore.types import (
     CaughtUp,
     Checkpoint,
     EventFilter,
     Position,
     RecordedEvent,
+    SubscriptionItem,
 )
 
 SAGA_FILTER = EventFilter(stream_prefixes=(SAGA_STREAM_PREFIX,))
@@ -52,28 +55,41 @@ class TimerProjection:
 
     async def run(self) -> None:
         sub = await self._store.subscribe_all(after=self._index.position(), filter=SAGA_FILTER)
+        # A pump fills a queue; the projector takes whatever is waiting as one batch, so a batch is
+        # written as soon as the subscription has nothing more to give (no linger timer, no cancelled read).
+        queue: asyncio.Queue[SubscriptionItem | BaseException] = asyncio.Queue(maxsize=4 * self._batch_size)
+        pump = asyncio.create_task(_pump(sub, queue), name="timer-projection-pump")
+        try:
+            while True:
+                items = [await queue.get()]
+                while not queue.empty() and len(items) < self._batch_size:
+                    items.append(queue.get_nowait())
+                await self._apply_batch(items)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            await sub.close()
+
+    async def _apply_batch(self, items: list[SubscriptionItem | BaseException]) -> None:
         changes: list[TimerChange] = []
         resets: set[str] = set()
-        pending_position: Position | None = None
-        count = 0
-        try:
-            async for item in sub:
-                if isinstance(item, RecordedEvent):
-                    await self._project(item, changes, resets)
-                    pending_position = item.position
-                    count += 1
-                    self.lag_seconds = max(0.0, time.time() - item.recorded_at.timestamp())
-                    if count < self._batch_size:
-                        continue
-                elif isinstance(item, Checkpoint):
-                    pending_position = item.position
-                elif isinstance(item, CaughtUp):
-                    self.caught_up = True
-                if pending_position is not None:
-                    self._flush(changes, resets, pending_position)
-                    changes, resets, pending_position, count = [], set(), None, 0
-        finally:
-            await sub.close()
+        position: Position | None = None
+        for item in items:
+            if isinstance(item, BaseException):
+                if position is not None:
+                    self._flush(changes, resets, position)
+                raise item
+            if isinstance(item, RecordedEvent):
+                await self._project(item, changes, resets)
+                position = item.position
+                self.lag_seconds = max(0.0, time.time() - item.recorded_at.timestamp())
+            elif isinstance(item, Checkpoint):
+                position = item.position
+            elif isinstance(item, CaughtUp):
+                self.caught_up = True
+        if position is not None:
+            self._flush(changes, resets, position)
 
     def _flush(self, changes: list[TimerChange], resets: set[str], position: Position) -> None:
         self._index.apply(changes, position, resets)
@@ -112,3 +128,11 @@ class TimerProjection:
     async def _load(self, stream: str, up_to_revision: int) -> SagaState:
         events = await self._store.read_stream(stream, limit=up_to_revision + 1)
         return fold((d.event, d.recorded_at) for d in map(from_recorded, events))
+
+
+async def _pump(sub: Subscription, queue: asyncio.Queue[SubscriptionItem | BaseException]) -> None:
+    try:
+        async for item in sub:
+            await queue.put(item)
+    except Exception as e:  # handed to the consumer, which raises it after applying what came before
+        await queue.put(e)

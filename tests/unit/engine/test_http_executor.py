@@ -21,19 +21,19 @@ from orchestrator.settings import ServiceConfig
 @pytest.mark.parametrize(
     ("status", "phase", "kind"),
     [
-        (200, Phase.ACTION, OutcomeKind.SUCCESS),
-        (204, Phase.COMPENSATION, OutcomeKind.SUCCESS),
-        (404, Phase.COMPENSATION, OutcomeKind.SUCCESS),
-        (410, Phase.COMPENSATION, OutcomeKind.SUCCESS),
-        (404, Phase.ACTION, OutcomeKind.CONTRACT),
-        (401, Phase.ACTION, OutcomeKind.CONTRACT),
-        (400, Phase.ACTION, OutcomeKind.CONTRACT),
-        (415, Phase.COMPENSATION, OutcomeKind.CONTRACT),
-        (302, Phase.ACTION, OutcomeKind.CONTRACT),
-        (422, Phase.ACTION, OutcomeKind.REJECTION),
-        (402, Phase.ACTION, OutcomeKind.REJECTION),
-        (418, Phase.ACTION, OutcomeKind.REJECTION),
-        (422, Phase.COMPENSATION, OutcomeKind.REJECTION),
+        (200, Phase.ACTION, OutcomeKind.SUCCEEDED),
+        (204, Phase.COMPENSATION, OutcomeKind.SUCCEEDED),
+        (404, Phase.COMPENSATION, OutcomeKind.SUCCEEDED),
+        (410, Phase.COMPENSATION, OutcomeKind.SUCCEEDED),
+        (404, Phase.ACTION, OutcomeKind.MISCONFIGURED),
+        (401, Phase.ACTION, OutcomeKind.MISCONFIGURED),
+        (400, Phase.ACTION, OutcomeKind.MISCONFIGURED),
+        (415, Phase.COMPENSATION, OutcomeKind.MISCONFIGURED),
+        (302, Phase.ACTION, OutcomeKind.MISCONFIGURED),
+        (422, Phase.ACTION, OutcomeKind.REJECTED),
+        (402, Phase.ACTION, OutcomeKind.REJECTED),
+        (418, Phase.ACTION, OutcomeKind.REJECTED),
+        (422, Phase.COMPENSATION, OutcomeKind.REJECTED),
         (409, Phase.ACTION, OutcomeKind.TRANSIENT),
         (408, Phase.ACTION, OutcomeKind.TRANSIENT),
         (425, Phase.ACTION, OutcomeKind.TRANSIENT),
@@ -47,7 +47,7 @@ def test_outcome_table(status: int, phase: Phase, kind: OutcomeKind) -> None:
 
 
 def test_outcome_overrides_win() -> None:
-    assert classify(409, Phase.ACTION, {"409": "rejection"}) is OutcomeKind.REJECTION
+    assert classify(409, Phase.ACTION, {"409": "rejected"}) is OutcomeKind.REJECTED
 
 
 def test_retry_after_seconds_date_and_cap() -> None:
@@ -120,7 +120,7 @@ async def test_success_sends_the_contract_headers_and_body(participant: tuple[Pa
     call = _call("reserve", attempt=2)
     result = await executor.call(call)
     await executor.close()
-    assert result.kind is OutcomeKind.SUCCESS
+    assert result.kind is OutcomeKind.SUCCEEDED
     assert result.output == {"echo": "reserve"}
     path, headers, body = p.requests[0]
     assert path == "/reserve"
@@ -137,7 +137,7 @@ async def test_redirects_are_not_followed(participant: tuple[Participant, str]) 
     executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
     result = await executor.call(_call("redirect"))
     await executor.close()
-    assert result.kind is OutcomeKind.CONTRACT
+    assert result.kind is OutcomeKind.MISCONFIGURED
     assert result.status == 302
     assert [r[0] for r in p.requests] == ["/redirect"]
 
@@ -151,9 +151,9 @@ async def test_transient_answer_carries_retry_after(participant: tuple[Participa
     nojson_comp = await executor.call(_call("nojson", phase=Phase.COMPENSATION))
     await executor.close()
     assert (busy.kind, busy.status, busy.retry_after) == (OutcomeKind.TRANSIENT, 503, 3.0)
-    assert (reject.kind, reject.error) == (OutcomeKind.REJECTION, "http_422")
-    assert (nojson.kind, nojson.error) == (OutcomeKind.CONTRACT, "bad_output")
-    assert nojson_comp.kind is OutcomeKind.SUCCESS
+    assert (reject.kind, reject.error) == (OutcomeKind.REJECTED, "http_422")
+    assert (nojson.kind, nojson.error) == (OutcomeKind.MISCONFIGURED, "bad_output")
+    assert nojson_comp.kind is OutcomeKind.SUCCEEDED
 
 
 async def test_timeout_is_transient(participant: tuple[Participant, str]) -> None:
@@ -194,7 +194,7 @@ async def test_a_full_pool_waits_at_most_the_acquire_cap(participant: tuple[Part
     await asyncio.wait_for(p.arrived.wait(), 5)  # the first call now holds the only slot
     second = await executor.call(_call("reserve"))
     assert (second.kind, second.error, second.not_sent) == (OutcomeKind.TRANSIENT, "pool_exhausted", True)
-    assert (await first).kind is OutcomeKind.SUCCESS
+    assert (await first).kind is OutcomeKind.SUCCEEDED
     await executor.close()
     assert len(p.requests) == 1
 
@@ -202,4 +202,4 @@ async def test_a_full_pool_waits_at_most_the_acquire_cap(participant: tuple[Part
 async def test_unknown_service_is_a_configuration_error() -> None:
     executor = HttpExecutor({})
     result = await executor.call(_call("reserve"))
-    assert (result.kind, result.error) == (OutcomeKind.CONTRACT, "unknown_service")
+    assert (result.kind, result.error) == (OutcomeKind.MISCONFIGURED, "unknown_service")

@@ -1,0 +1,316 @@
+"""One actor per active saga per process: it serialises every decision and append for its saga.
+
+Messages arrive in a mailbox — deliveries from the persistent subscription (hints), outcomes of calls this
+actor made, and wake-ups from the timer firer — and are handled in batches (coalesced). For each batch
+the actor brings its folded state up to the stream head when it may be behind, records every outcome
+together with the intents that then fall due (one append each), asks the pure core what else is due,
+appends that, and only then acks the deliveries. Calls run as child tasks that post their outcome back,
+so a slow participant never holds a delivery or the actor. The actor ends when it is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import structlog
+
+from orchestrator.domain.commands import StartCompensationStep, StartStep, StepOutcome, Suspend
+from orchestrator.domain.decide import Plan, advance, apply, decide
+from orchestrator.domain.errors import DomainConflict, UnreadableHistory
+from orchestrator.domain.state import SagaState, evolve, fold, is_terminal
+from orchestrator.domain.vocabulary import OutcomeKind, Phase
+from orchestrator.engine.calls import CallResult, StepCall
+from orchestrator.engine.codec import Envelope, carries_intent, from_recorded, to_new_events
+from orchestrator.engine.timers import DueTimer
+from orchestrator.eventstore.errors import OperationalError, StreamNotFound, WrongExpectedRevision
+from orchestrator.eventstore.types import NewEvent, RecordedEvent
+
+if TYPE_CHECKING:
+    from orchestrator.engine.engine import Engine
+
+log = structlog.get_logger("orchestrator.engine")
+
+#: resends of one append after an ambiguous store error before the actor gives up on this batch
+_RESENDS = 5
+#: re-decisions after losing a slot before the batch is left to the next wake-up
+_REDECIDE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """A delivery: "this saga may need attention". Its content is never used to decide."""
+
+    event: RecordedEvent
+    ack: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    outcome: StepOutcome
+    service: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    timer: DueTimer | None = None
+
+
+Message = Hint | Outcome | Wake
+
+
+def to_step_outcome(call: StepCall, result: CallResult) -> StepOutcome:
+    # An answer that never came after the request may have left: the step's effect is unknown.
+    unknown = result.kind is OutcomeKind.TRANSIENT and result.status is None and not result.not_sent
+    return StepOutcome(
+        step=call.step,
+        attempt=call.attempt,
+        phase=call.phase,
+        kind=result.kind,
+        output=result.output,
+        error_class=result.error or "",
+        detail=(result.detail or "")[:512],
+        retry_after_ms=None if result.retry_after is None else int(result.retry_after * 1000),
+        outcome_unknown=unknown or result.kind is OutcomeKind.CRASHED,
+    )
+
+
+class SagaActor:
+    def __init__(self, engine: Engine, stream: str) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.state: SagaState | None = engine.cached_state(stream)
+        self._mailbox: deque[Message] = deque()
+        self._wake = asyncio.Event()
+        self.calls: set[asyncio.Task[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self._causation = ""
+
+    def post(self, message: Message) -> None:
+        self._mailbox.append(message)
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        return not self._mailbox and not self.calls
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not self._mailbox:
+                    if not self.calls:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = list(self._mailbox)
+                self._mailbox.clear()
+                await self._handle(batch)
+        finally:
+            self.engine.actor_finished(self)
+
+    # --- one batch ----------------------------------------------------------------------------------------
+    async def _handle(self, batch: list[Message]) -> None:
+        hints = [m for m in batch if isinstance(m, Hint)]
+        outcomes = [m for m in batch if isinstance(m, Outcome)]
+        wakes = [m for m in batch if isinstance(m, Wake)]
+        if hints:
+            self._causation = str(hints[-1].event.id)
+        try:
+            state = self.state
+            if state is None or wakes or any(h.event.revision > state.revision for h in hints):
+                await self._refresh()
+            if self.state is not None:
+                for outcome in outcomes:
+                    self._observe(outcome)
+                    await self._append_plan(outcome.outcome)
+                await self._append_plan(None)
+                self._fire_lag(wakes)
+        except StreamNotFound:
+            self.state = None  # a hint for a stream that is gone or not a saga: nothing to do
+        except UnreadableHistory as e:
+            self.engine.metrics.unknown_events.inc()
+            log.warning("saga_unreadable", stream=self.stream, reason=str(e))
+            self.state = None
+            self.engine.forget(self.stream)
+        except (OperationalError, _GaveUp) as e:
+            # The store is unavailable or contended: leave the deliveries unacked; they come back, and the
+            # saga's pending timers bring it back too.
+            log.warning("saga_batch_deferred", stream=self.stream, error=str(e))
+            self.state = None
+            return
+        except Exception as e:
+            self.engine.metrics.internal_errors.inc()
+            log.exception("saga_internal_error", stream=self.stream)
+            await self._suspend_for(e)
+        if self.state is not None:
+            self.engine.remember(self.stream, self.state)
+        for hint in hints:
+            await hint.ack()
+
+    async def _refresh(self) -> None:
+        """Bring the folded state up to the stream head (incrementally when a state is cached)."""
+        store = self.engine.store
+        if self.state is None:
+            events = await store.read_stream(self.stream)
+            decoded = [from_recorded(e) for e in events]
+            self.state = fold((d.event, d.recorded_at) for d in decoded)
+            return
+        newer = await store.read_stream(self.stream, from_revision=self.state.revision + 1)
+        state = self.state
+        for recorded in newer:
+            d = from_recorded(recorded)
+            state = evolve(state, d.event, d.recorded_at)
+        self.state = state
+
+    def _observe(self, outcome: Outcome) -> None:
+        o = outcome.outcome
+        self.engine.metrics.step_duration.labels(outcome.service, o.phase.value, o.kind.value).observe(
+            outcome.seconds
+        )
+        if o.phase is Phase.COMPENSATION:
+            self.engine.metrics.compensations.labels(o.kind.value).inc()
+        log.info(
+            "step_outcome",
+            saga_id=self.state.saga_id if self.state else None,
+            tenant=self.state.tenant if self.state else None,
+            step=o.step,
+            phase=o.phase.value,
+            attempt=o.attempt,
+            outcome=o.kind.value,
+            error=o.error_class or None,
+            seconds=round(outcome.seconds, 4),
+        )
+
+    def _fire_lag(self, wakes: list[Wake]) -> None:
+        now = self.engine.clock()
+        for wake in wakes:
+            if (
+                wake.timer is not None
+                and self.state is not None
+                and wake.timer.timer_id not in self.state.timers
+            ):
+                self.engine.metrics.timer_fire_lag.observe(max(0.0, now - wake.timer.due_at))
+
+    async def _append_plan(self, message: StepOutcome | None) -> None:
+        """Append the message's events plus every intent then due, at the head; on a lost slot, re-read
+        and decide again (an outcome the fold already holds is not recorded twice)."""
+        for _ in range(_REDECIDE):
+            state = self.state
+            assert state is not None
+            if message is None and is_terminal(state):
+                return
+            now_s = self.engine.clock()
+            now = datetime.fromtimestamp(now_s, UTC)
+            mono = time.monotonic()
+            plan = advance(state, now, message, self.engine.tuning)
+            if not plan.events:
+                return
+            if await self._append(state, plan):
+                self.state = apply(state, plan.events, now)
+                self._launch(plan, mono)
+                return
+            self.engine.metrics.append_conflicts.inc()
+            await self._refresh()
+        raise _GaveUp(f"{self.stream}: lost the slot {_REDECIDE} times in a row")
+
+    async def _append(self, state: SagaState, plan: Plan) -> bool:
+        nonce = self.engine.nonce() if carries_intent(plan.events) else None
+        envelope = Envelope(
+            tenant=state.tenant,
+            actor=self.engine.actor_name,
+            correlation_id=state.saga_id,
+            causation_id=self._causation,
+        )
+        new = to_new_events(self.stream, state.revision, plan.events, envelope, nonce)
+        return await append_exact(self.engine, self.stream, new, state.revision)
+
+    def _launch(self, plan: Plan, mono: float) -> None:
+        if self.engine.stopping:
+            return  # the intents are durable; their deadlines pass and another node retries them
+        state = self.state
+        assert state is not None
+        for command in plan.calls:
+            call = self._step_call(state, command, mono)
+            task = asyncio.create_task(self._call(call), name=f"call:{self.stream}:{call.step}")
+            self.calls.add(task)
+            self.engine.calls_started(task)
+            task.add_done_callback(self.calls.discard)
+
+    def _step_call(
+        self, state: SagaState, command: StartStep | StartCompensationStep, mono: float
+    ) -> StepCall:
+        timeout = command.timeout_ms / 1000
+        phase = Phase.ACTION if isinstance(command, StartStep) else Phase.COMPENSATION
+        return StepCall(
+            tenant=state.tenant,
+            saga_id=state.saga_id,
+            step=command.step,
+            service=command.service,
+            action=command.action,
+            phase=phase,
+            attempt=command.attempt,
+            idempotency_key=command.idempotency_key,
+            body=command.body,
+            timeout=timeout,
+            send_deadline=mono + timeout + self.engine.acquire_cap(command.service),
+        )
+
+    async def _call(self, call: StepCall) -> None:
+        started = time.monotonic()
+        try:
+            result = await self.engine.executor.call(call)
+        except Exception as e:  # our own bug: the saga is suspended, never compensated
+            log.exception("executor_error", stream=self.stream, step=call.step)
+            result = CallResult(OutcomeKind.CRASHED, None, error="internal", detail=repr(e))
+        self.post(Outcome(to_step_outcome(call, result), call.service, time.monotonic() - started))
+
+    async def _suspend_for(self, error: Exception) -> None:
+        with contextlib.suppress(Exception):
+            await self._refresh()
+            state = self.state
+            if state is None or is_terminal(state):
+                return
+            now = datetime.fromtimestamp(self.engine.clock(), UTC)
+            try:
+                events = decide(state, Suspend(f"internal error: {error!r}"[:500], type(error).__name__), now)
+            except DomainConflict:
+                return
+            if events and await self._append(state, Plan(events, [])):
+                self.state = apply(state, events, now)
+
+
+class _GaveUp(Exception):
+    pass
+
+
+async def append_exact(engine: Engine, stream: str, new: list[NewEvent], expected: int) -> bool:
+    """Append ``new`` at ``expected``; True if these exact events hold the slot afterwards.
+
+    After an ambiguous failure the very same bytes (same ids) are resent, which the store treats as
+    idempotent; if the resend meets a conflict, the slot is read to learn whether the first send landed.
+    """
+    store = engine.store
+    ambiguous = False
+    for attempt in range(_RESENDS):
+        try:
+            await store.append(stream, new, expected=expected)
+            return True
+        except WrongExpectedRevision:
+            if not ambiguous:
+                return False
+            slot = await store.read_stream(stream, from_revision=expected + 1, limit=len(new))
+            return [e.id for e in slot] == [n.id for n in new]
+        except OperationalError:
+            ambiguous = True
+            if attempt == _RESENDS - 1:
+                raise
+            await asyncio.sleep(0.05 * 2**attempt)
+    return False

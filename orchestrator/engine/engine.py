@@ -1,0 +1,250 @@
+"""The engine of one process: subscription consumers, saga actors, the timer index and its firer.
+
+- Deliveries from the persistent subscription group are hints for a saga's actor (created on demand, at
+  most ``max_in_flight`` at once: beyond that the consumer waits, which is the backpressure).
+- The timer projection keeps ``timers.db`` in step with ``$all``; the firer hands a due saga straight to
+  a local actor.
+- ``stop()`` stops taking deliveries, lets calls in flight finish within the grace period, records their
+  outcomes, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from orchestrator.domain.state import SagaState
+from orchestrator.domain.timing import Tuning
+from orchestrator.engine.actor import Hint, Message, SagaActor, Wake
+from orchestrator.engine.calls import CallResult, StepCall
+from orchestrator.engine.codec import SAGA_STREAM_PREFIX
+from orchestrator.engine.timer_projection import SAGA_FILTER, TimerProjection
+from orchestrator.engine.timers import DueTimer, TimerFirer, TimerIndex
+from orchestrator.eventstore.errors import EventStoreError, SubscriptionExists
+from orchestrator.eventstore.port import EventStore, PersistentSubscription
+from orchestrator.eventstore.types import ConsumerStrategy, PersistentSubscriptionSettings, RecordedEvent
+from orchestrator.observability.metrics import EngineMetrics
+from orchestrator.settings import EngineSettings
+
+log = structlog.get_logger("orchestrator.engine")
+
+
+class Executor(Protocol):
+    async def call(self, call: StepCall) -> CallResult: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        store: EventStore,
+        executor: Executor,
+        *,
+        settings: EngineSettings,
+        data_dir: Path,
+        acquire_caps_ms: Mapping[str, int] | None = None,
+        node_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: EngineMetrics | None = None,
+        state_cache_size: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or EngineMetrics()
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.actor_name = f"engine:{self.node_id}"
+        # Per-writer nonce (design.md §0.1): this incarnation and a sequence number.
+        self._incarnation = uuid.uuid4().hex
+        self._sequence = itertools.count(1)
+        self._acquire_caps = dict(acquire_caps_ms or {})
+        max_cap = max(self._acquire_caps.values(), default=1_000)
+        self.tuning = Tuning(kick_ms=settings.kick_ms, attempt_slack_ms=max_cap + settings.deadline_slack_ms)
+        self._data_dir = data_dir
+        self._actors: dict[str, SagaActor] = {}
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._states: OrderedDict[str, SagaState] = OrderedDict()
+        self._state_cache_size = state_cache_size
+        self._calls: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscription: PersistentSubscription | None = None
+        self._index: TimerIndex | None = None
+        self.firer: TimerFirer | None = None
+        self.timer_projection: TimerProjection | None = None
+        self.stopping = False
+
+    # --- services for actors ---------------------------------------------------------------------------
+    def nonce(self) -> str:
+        return f"{self._incarnation}:{next(self._sequence)}"
+
+    def acquire_cap(self, service: str) -> float:
+        return self._acquire_caps.get(service, 1_000) / 1000
+
+    def cached_state(self, stream: str) -> SagaState | None:
+        return self._states.get(stream)
+
+    def remember(self, stream: str, state: SagaState) -> None:
+        self._states[stream] = state
+        self._states.move_to_end(stream)
+        while len(self._states) > self._state_cache_size:
+            self._states.popitem(last=False)
+
+    def forget(self, stream: str) -> None:
+        self._states.pop(stream, None)
+
+    def calls_started(self, task: asyncio.Task[None]) -> None:
+        self._calls.add(task)
+        self.metrics.calls_in_flight.set(len(self._calls))
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._calls.discard(t)
+            self.metrics.calls_in_flight.set(len(self._calls))
+
+        task.add_done_callback(done)
+
+    def actor_finished(self, actor: SagaActor) -> None:
+        if self._actors.get(actor.stream) is actor:
+            del self._actors[actor.stream]
+            self._slots.release()
+        self.metrics.actors.set(len(self._actors))
+
+    async def post(self, stream: str, message: Message) -> None:
+        """Hand ``message`` to the saga's actor, creating one (waiting for a free slot) if needed."""
+        actor = self._actors.get(stream)
+        if actor is None:
+            await self._slots.acquire()
+            actor = self._actors.get(stream)  # another task may have created it meanwhile
+            if actor is not None:
+                self._slots.release()
+            else:
+                actor = SagaActor(self, stream)
+                self._actors[stream] = actor
+                self.metrics.actors.set(len(self._actors))
+                actor.post(message)
+                actor.task = asyncio.create_task(actor.run(), name=f"actor:{stream}")
+                return
+        actor.post(message)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def ensure_group(self) -> None:
+        settings = PersistentSubscriptionSettings(
+            strategy=ConsumerStrategy.PINNED,
+            message_timeout=self.settings.message_timeout_s,
+            max_retry_count=self.settings.max_retry_count,
+            max_subscriber_count=self.settings.max_subscribers,
+            live_buffer_size=max(500, self.settings.max_in_flight),
+        )
+        with contextlib.suppress(SubscriptionExists):
+            # From the start: the group must see the first saga event ever written.
+            await self.store.create_subscription(self.settings.group, filter=SAGA_FILTER, settings=settings)
+
+    async def start(self) -> None:
+        await self.ensure_group()
+        self._index = TimerIndex(self._data_dir / f"timers-{self.settings.group}.db")
+        self.firer = TimerFirer(self._index, self._on_due, window=self.settings.timer_window_s)
+        self.timer_projection = TimerProjection(
+            self.store, self._index, self.firer, on_applied=self._timers_applied
+        )
+        self._tasks = [
+            asyncio.create_task(self._supervise("consumer", self._consume), name="engine-consumer"),
+            asyncio.create_task(
+                self._supervise("timer-projection", self.timer_projection.run), name="engine-timers"
+            ),
+            asyncio.create_task(self._supervise("timer-firer", self.firer.run), name="engine-firer"),
+        ]
+
+    def _timers_applied(self, _: object) -> None:
+        if self._index is not None:
+            self.metrics.timers_pending.set(self._index.count())
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        while not self.stopping:
+            try:
+                await run()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except EventStoreError as e:
+                log.warning("engine_task_restarting", task=name, error=str(e))
+            except Exception:
+                log.exception("engine_task_failed", task=name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _consume(self) -> None:
+        subscription = await self.store.read_subscription(self.settings.group)
+        self._subscription = subscription
+        try:
+            async for event in subscription:
+                if self.stopping:
+                    break
+                if not event.stream.startswith(SAGA_STREAM_PREFIX):
+                    await subscription.ack(event.id)
+                    continue
+                await self.post(event.stream, Hint(event, _acker(subscription, event)))
+        finally:
+            self._subscription = None
+            with contextlib.suppress(EventStoreError):
+                await subscription.close()
+
+    async def _on_due(self, timer: DueTimer) -> None:
+        if not self.stopping:
+            await self.post(timer.stream, Wake(timer))
+
+    async def wake(self, stream: str) -> None:
+        """Ask the saga's actor to look at the stream head now (used after a command was appended)."""
+        await self.post(stream, Wake())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking deliveries; give calls in flight ``grace`` seconds to finish and record them."""
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        deadline = time.monotonic() + grace
+        if self._subscription is not None:
+            with contextlib.suppress(EventStoreError):
+                await self._subscription.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=max(0.0, deadline - time.monotonic()))
+        # Let the actors record the outcomes their calls posted.
+        actors = [a.task for a in self._actors.values() if a.task is not None]
+        if actors:
+            await asyncio.wait(actors, timeout=max(0.1, deadline - time.monotonic()))
+        for actor in list(self._actors.values()):
+            if actor.task is not None and not actor.task.done():
+                actor.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await actor.task
+        for call in list(self._calls):
+            call.cancel()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    @property
+    def active_actors(self) -> int:
+        return len(self._actors)
+
+
+def _acker(subscription: PersistentSubscription, event: RecordedEvent) -> Callable[[], Awaitable[None]]:
+    async def ack() -> None:
+        with contextlib.suppress(EventStoreError):
+            await subscription.ack(event.id)
+
+    return ack

@@ -1,0 +1,30 @@
+"""structlog, configured once at start-up: JSON lines, or a console renderer on a TTY. Context (saga_id,
+tenant, trace_id) is bound with contextvars by the code that knows it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+
+def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
+    renderer: structlog.types.Processor
+    if fmt == "console" or (fmt == "auto" and sys.stderr.isatty()):
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
