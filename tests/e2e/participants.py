@@ -38,6 +38,8 @@ class Participants:
     received: list[Received] = field(default_factory=list)
     server: TestServer | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: called with every call as it arrives (tests observe the engine at that moment)
+    observer: Callable[[Received], None] | None = None
 
     def url(self, service: str) -> str:
         assert self.server is not None
@@ -62,6 +64,8 @@ class Participants:
         )
         self.received.append(got)
         self.changed.set()
+        if self.observer is not None:
+            self.observer(got)
         answers = self.script.get((service, action), ["ok"])
         n = len(self.calls(service, action)) - 1
         answer = answers[min(n, len(answers) - 1)]
