@@ -4,7 +4,8 @@
 | answer                                             | action phase              | compensation phase |
 |----------------------------------------------------|---------------------------|--------------------|
 | 2xx                                                | succeeded (body = output) | done               |
-| 404, 410                                           | misconfigured             | done (no effect)   |
+| 404                                                | misconfigured             | done (no effect)   |
+| 410                                                | rejected                  | done (no effect)   |
 | 422, 402, any other 4xx not listed                 | rejected                  | cannot compensate  |
 | 408, 409, 425, 429, 5xx, timeout, connection error | transient                 | transient          |
 | 400, 401, 403, 405, 406, 413, 415, 3xx             | misconfigured (suspend)   | misconfigured      |

@@ -3,7 +3,14 @@ process each get their own)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from orchestrator.eventstore.embedded.writer import WriterStats
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -50,4 +57,35 @@ class EngineMetrics:
             "saga_engine_internal_errors_total",
             "Exceptions in our own engine code while handling a saga (the saga is suspended)",
             registry=r,
+        )
+
+
+class WriterStatsSource(Protocol):
+    @property
+    def stats(self) -> WriterStats: ...
+
+
+class EmbeddedStoreCollector(Collector):
+    """Exports the embedded store's writer counters (WAL size, commits, group sizes) at scrape time."""
+
+    def __init__(self, store: WriterStatsSource) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._store.stats
+        yield GaugeMetricFamily(
+            "saga_eventstore_wal_bytes", "Bytes written to the WAL since its last checkpoint", stats.wal_bytes
+        )
+        yield CounterMetricFamily(
+            "saga_eventstore_commits", "Transactions committed (one fsync each)", stats.commits
+        )
+        yield CounterMetricFamily("saga_eventstore_appends", "Appends written", stats.appends)
+        yield CounterMetricFamily("saga_eventstore_events", "Events written", stats.events)
+        yield CounterMetricFamily(
+            "saga_eventstore_wal_checkpoints", "WAL checkpoints run by the writer", stats.wal_checkpoints
+        )
+        yield CounterMetricFamily(
+            "saga_eventstore_grouped_requests",
+            "Requests written over all commits (divided by commits: the mean group size)",
+            stats.grouped_requests,
         )

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,8 @@ class WriterStats:
     fsync_groups: int = 0
     wal_bytes: int = 0
     wal_checkpoints: int = 0
-    group_sizes: list[int] = field(default_factory=list)
+    #: requests written over all commits (mean group size = grouped_requests / commits)
+    grouped_requests: int = 0
 
 
 @dataclass(slots=True)
@@ -211,7 +212,7 @@ class Writer:
         self.stats.fsync_groups += 1
         self.stats.appends += self._group_appends
         self.stats.events += self._group_events
-        self.stats.group_sizes.append(len(group))
+        self.stats.grouped_requests += len(group)
         self._maybe_checkpoint(self._group_bytes)
         self._resolve_later(
             results, self.head if self.head != head_before else None, frozenset(touched), self.stats.commits
