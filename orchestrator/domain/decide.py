@@ -92,6 +92,8 @@ class Plan:
 
     events: list[Event]
     calls: list[StartStep | StartCompensationStep]
+    #: the state after ``events``, as if all were recorded at the ``now`` the plan was made for
+    state: SagaState | None = None
 
 
 def advance(
@@ -108,7 +110,7 @@ def advance(
     for _ in range(8 * len(state.steps) + 16):
         commands = react(current, now, tuning)
         if not commands:
-            return Plan(events, calls)
+            return Plan(events, calls, current)
         for command in commands:
             produced = decide(current, command, now, tuning)
             current = apply(current, produced, now)

@@ -182,6 +182,27 @@ def parse_definition(raw: str | bytes | Mapping[str, Any]) -> SagaDefinition:
     return _resolve(parsed)
 
 
+#: hash -> (the canonical definition as stored, its parsed form). Parsing is a pure function of the
+#: definition, so remembering results changes no decision; it saves a validation per saga start and fold.
+_PINNED: dict[str, tuple[Mapping[str, Any], SagaDefinition]] = {}
+_PINNED_LIMIT = 256
+
+
+def parse_pinned(definition: Mapping[str, Any], expected_hash: str) -> SagaDefinition:
+    """Parse a definition stored with its hash (``SagaStarted``, the definition stream); raise
+    ``DefinitionError`` when it is invalid or does not hash to ``expected_hash``."""
+    hit = _PINNED.get(expected_hash)
+    if hit is not None and hit[0] == definition:
+        return hit[1]
+    parsed = parse_definition(definition)
+    if definition_hash(parsed) != expected_hash:
+        raise DefinitionError(["the definition does not match its pinned hash"])
+    if len(_PINNED) >= _PINNED_LIMIT:
+        _PINNED.pop(next(iter(_PINNED)))
+    _PINNED[expected_hash] = (definition, parsed)
+    return parsed
+
+
 def _unsupported_features(data: dict[str, Any]) -> list[str]:
     """Report (and strip, so the remaining checks still run) fields of features not built yet."""
     problems: list[str] = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, assert_never
 
-from orchestrator.domain.definitions import SagaDefinition, definition_hash, parse_definition
+from orchestrator.domain.definitions import SagaDefinition, parse_pinned
 from orchestrator.domain.errors import DefinitionError, UnreadableHistory
 from orchestrator.domain.events import (
     CompensationStarted,
@@ -144,11 +144,9 @@ def timer_changes(before: SagaState | None, after: SagaState) -> tuple[list[Time
 
 def start(event: SagaStarted, recorded_at: datetime) -> SagaState:
     try:
-        definition = parse_definition(event.definition)
+        definition = parse_pinned(event.definition, event.definition_hash)
     except DefinitionError as e:
         raise UnreadableHistory(f"SagaStarted holds a definition this code rejects: {e}") from e
-    if definition_hash(definition) != event.definition_hash:
-        raise UnreadableHistory("SagaStarted: the definition does not match its pinned hash")
     state = SagaState(
         tenant=event.tenant,
         saga_id=event.saga_id,

@@ -92,6 +92,9 @@ class SagaActor:
         self.calls: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
         self._causation = ""
+        #: the revision at which this actor last asked the core what is due (and appended it): a hint
+        #: for a revision at or below it carries no news
+        self._decided = engine.cached_decided(stream)
 
     def post(self, message: Message) -> None:
         self._mailbox.append(message)
@@ -123,6 +126,10 @@ class SagaActor:
         wakes = [m for m in batch if isinstance(m, Wake)]
         if hints:
             self._causation = str(hints[-1].event.id)
+        if not outcomes and not wakes and all(h.event.revision <= self._decided for h in hints):
+            for hint in hints:
+                await hint.ack()
+            return
         try:
             state = self.state
             if state is None or wakes or any(h.event.revision > state.revision for h in hints):
@@ -132,6 +139,7 @@ class SagaActor:
                     self._observe(outcome)
                     await self._append_plan(outcome.outcome)
                 await self._append_plan(None)
+                self._decided = self.state.revision if self.state is not None else -1
                 self._fire_lag(wakes)
         except StreamNotFound:
             self.state = None  # a hint for a stream that is gone or not a saga: nothing to do
@@ -145,13 +153,14 @@ class SagaActor:
             # saga's pending timers bring it back too.
             log.warning("saga_batch_deferred", stream=self.stream, error=str(e))
             self.state = None
+            self._decided = -1
             return
         except Exception as e:
             self.engine.metrics.internal_errors.inc()
             log.exception("saga_internal_error", stream=self.stream)
             await self._suspend_for(e)
         if self.state is not None:
-            self.engine.remember(self.stream, self.state)
+            self.engine.remember(self.stream, self.state, self._decided)
         for hint in hints:
             await hint.ack()
 
@@ -214,7 +223,7 @@ class SagaActor:
             if not plan.events:
                 return
             if await self._append(state, plan):
-                self.state = apply(state, plan.events, now)
+                self.state = plan.state if plan.state is not None else apply(state, plan.events, now)
                 self._launch(plan, mono)
                 return
             self.engine.metrics.append_conflicts.inc()

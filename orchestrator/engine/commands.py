@@ -20,7 +20,13 @@ from typing import Any
 
 from orchestrator.domain.commands import Intervene
 from orchestrator.domain.decide import begin, decide
-from orchestrator.domain.definitions import SagaDefinition, canonical_dict, canonical_json, parse_definition
+from orchestrator.domain.definitions import (
+    SagaDefinition,
+    canonical_dict,
+    canonical_json,
+    parse_definition,
+    parse_pinned,
+)
 from orchestrator.domain.errors import DefinitionError, DomainConflict
 from orchestrator.domain.events import SagaStarted
 from orchestrator.domain.state import SagaState, fold
@@ -155,7 +161,7 @@ class SagaCommands:
         if chosen is None or chosen not in versions:
             what = f"version {version!r} of " if version else ""
             raise NotFound(f"no {what}definition {name!r}")
-        return parse_definition(versions[chosen][0])
+        return parse_pinned(*versions[chosen])
 
     async def register_definition(self, tenant: str, actor: str, raw: Any) -> Registered:
         try:

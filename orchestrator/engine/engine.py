@@ -72,7 +72,7 @@ class Engine:
         self._data_dir = data_dir
         self._actors: dict[str, SagaActor] = {}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._states: OrderedDict[str, SagaState] = OrderedDict()
+        self._states: OrderedDict[str, tuple[SagaState, int]] = OrderedDict()
         self._state_cache_size = state_cache_size
         self._calls: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,10 +90,16 @@ class Engine:
         return self._acquire_caps.get(service, 1_000) / 1000
 
     def cached_state(self, stream: str) -> SagaState | None:
-        return self._states.get(stream)
+        entry = self._states.get(stream)
+        return entry[0] if entry is not None else None
 
-    def remember(self, stream: str, state: SagaState) -> None:
-        self._states[stream] = state
+    def cached_decided(self, stream: str) -> int:
+        entry = self._states.get(stream)
+        return entry[1] if entry is not None else -1
+
+    def remember(self, stream: str, state: SagaState, decided: int) -> None:
+        """Cache a saga's state and the revision up to which its actor has decided what was due."""
+        self._states[stream] = (state, decided)
         self._states.move_to_end(stream)
         while len(self._states) > self._state_cache_size:
             self._states.popitem(last=False)
@@ -188,7 +194,11 @@ class Engine:
             async for event in subscription:
                 if self.stopping:
                     break
-                if not event.stream.startswith(SAGA_STREAM_PREFIX):
+                self.metrics.deliveries.inc()
+                if not event.stream.startswith(SAGA_STREAM_PREFIX) or (
+                    # Most deliveries are the engine's own appends coming back: nothing new to decide.
+                    event.stream not in self._actors and event.revision <= self.cached_decided(event.stream)
+                ):
                     await subscription.ack(event.id)
                     continue
                 await self.post(event.stream, Hint(event, _acker(subscription, event)))

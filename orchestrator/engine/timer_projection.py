@@ -78,7 +78,7 @@ class TimerProjection:
         for item in items:
             if isinstance(item, BaseException):
                 if position is not None:
-                    self._flush(changes, resets, position)
+                    await self._flush(changes, resets, position)
                 raise item
             if isinstance(item, RecordedEvent):
                 await self._project(item, changes, resets)
@@ -89,10 +89,11 @@ class TimerProjection:
             elif isinstance(item, CaughtUp):
                 self.caught_up = True
         if position is not None:
-            self._flush(changes, resets, position)
+            await self._flush(changes, resets, position)
 
-    def _flush(self, changes: list[TimerChange], resets: set[str], position: Position) -> None:
-        self._index.apply(changes, position, resets)
+    async def _flush(self, changes: list[TimerChange], resets: set[str], position: Position) -> None:
+        # Off the event loop: the index write is the projection's only blocking IO.
+        await asyncio.to_thread(self._index.apply, changes, position, resets)
         if self._firer is not None:
             self._firer.changed(changes)
         if self._on_applied is not None:

@@ -46,6 +46,11 @@ class EngineMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.deliveries = Counter(
+            "saga_engine_deliveries_total",
+            "Deliveries (hints) taken from the persistent subscription",
+            registry=r,
+        )
         self.actors = Gauge("saga_engine_actors", "Saga actors active in this process", registry=r)
         self.calls_in_flight = Gauge(
             "saga_engine_calls_in_flight", "Step calls in flight in this process", registry=r

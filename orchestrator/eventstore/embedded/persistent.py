@@ -59,7 +59,8 @@ def _settings_from_json(text: str) -> PersistentSubscriptionSettings:
     return PersistentSubscriptionSettings(**d)
 
 
-@dataclass(slots=True)
+# Identity semantics (eq=False): a message is removed from a consumer's queue as that object, not by value.
+@dataclass(slots=True, eq=False)
 class _Message:
     event: RecordedEvent
     retry_count: int = 0
@@ -67,6 +68,14 @@ class _Message:
     deadline: float = 0.0
     #: delivered again by replay_parked: below the checkpoint, removed from the parked list when done
     replayed: bool = False
+    #: taken by the consumer's reader (no longer waiting in its local queue)
+    handed: bool = False
+
+    def delivered_event(self) -> RecordedEvent:
+        event = self.event
+        return (
+            event if event.retry_count == self.retry_count else replace(event, retry_count=self.retry_count)
+        )
 
 
 class Consumer:
@@ -74,7 +83,8 @@ class Consumer:
 
     def __init__(self, group: _Group) -> None:
         self._group = group
-        self.queue: deque[RecordedEvent] = deque()
+        self.queue: deque[_Message] = deque()
+        #: in dispatch order, which is deadline order (every deadline is dispatch time + message timeout)
         self.in_flight: dict[UUID, _Message] = {}
         self._ready = asyncio.Event()
         self.dropped: BaseException | None = None
@@ -91,12 +101,22 @@ class Consumer:
                 raise self.dropped
             self._ready.clear()
             await self._ready.wait()
-        return self.queue.popleft()
+        message = self.queue.popleft()
+        message.handed = True
+        return message.delivered_event()
 
     def deliver(self, message: _Message) -> None:
+        message.handed = False
         self.in_flight[message.event.id] = message
-        self.queue.append(replace(message.event, retry_count=message.retry_count))
+        self.queue.append(message)
         self._ready.set()
+
+    def withdraw(self, message: _Message) -> None:
+        """Forget a message this consumer holds (settled, expired or handed back)."""
+        self.in_flight.pop(message.event.id, None)
+        if not message.handed:
+            with contextlib.suppress(ValueError):
+                self.queue.remove(message)
 
     def drop(self, error: BaseException) -> None:
         self.dropped = error
@@ -164,11 +184,10 @@ class _Group:
         self.wake.set()
 
     def settle(self, consumer: Consumer, event_id: UUID, action: NackAction) -> None:
-        message = consumer.in_flight.pop(event_id, None)
+        message = consumer.in_flight.get(event_id)
         if message is None:
             return  # already timed out and handed elsewhere, or a duplicate answer: ignored like the server
-        with contextlib.suppress(ValueError):
-            consumer.queue.remove(replace(message.event, retry_count=message.retry_count))
+        consumer.withdraw(message)
         if action is NackAction.RETRY:
             self._retry(message)
         elif action is NackAction.PARK:
@@ -267,11 +286,13 @@ class _Group:
     def _expire(self) -> None:
         now = time.monotonic()
         for consumer in self.consumers:
-            expired = [m for m in consumer.in_flight.values() if m.deadline <= now]
+            expired: list[_Message] = []
+            for message in consumer.in_flight.values():
+                if message.deadline > now:
+                    break  # deadline order: the rest are later
+                expired.append(message)
             for message in expired:
-                del consumer.in_flight[message.event.id]
-                with contextlib.suppress(ValueError):
-                    consumer.queue.remove(replace(message.event, retry_count=message.retry_count))
+                consumer.withdraw(message)
             self._retry_in_order(expired)
 
     def _pick(self, message: _Message) -> Consumer | None:
@@ -309,7 +330,7 @@ class _Group:
         self.pending = waiting
 
     def _next_deadline(self) -> float:
-        deadlines = [m.deadline for c in self.consumers for m in c.in_flight.values()]
+        deadlines = [next(iter(c.in_flight.values())).deadline for c in self.consumers if c.in_flight]
         now = time.monotonic()
         delay = max(0.0, min(deadlines) - now) if deadlines else 3600.0
         if self.completed_since_checkpoint:
