@@ -39,6 +39,7 @@ from orchestrator.eventstore.errors import (
     OperationalError,
     ReadOnlyStore,
     StoreClosed,
+    SubscriptionNotFound,
 )
 from orchestrator.eventstore.types import (
     MAX_APPEND_SIZE,
@@ -102,6 +103,9 @@ class EmbeddedEventStore:
             reader = Reader(db_path, read_only_file=True, threads=settings.reader_threads)
             head = await reader.run(Reader.head)
             store = cls(directory, settings, reader, Notifier(head), None, None)
+            # Groups and their durable state (checkpoint, parked) are readable; in-flight counts live only
+            # in the process that serves them.
+            await store.persistent.load()
             store._poller = asyncio.create_task(store._poll_head(), name="eventstore-head-poller")
             return store
         directory.mkdir(parents=True, exist_ok=True)
@@ -275,6 +279,20 @@ class EmbeddedEventStore:
     async def list_subscriptions(self) -> Sequence[SubscriptionInfo]:
         self._check_open()
         return await self.persistent.list()
+
+    async def parked_events(self, group: str, *, limit: int = 100) -> Sequence[RecordedEvent]:
+        """The group's parked events, oldest first (embedded store only; for tools)."""
+        self._check_open()
+        if group not in self.persistent.groups:
+            raise SubscriptionNotFound(group)
+
+        def read(conn: Any) -> list[RecordedEvent]:
+            rows = conn.execute(
+                "SELECT position FROM ps_parked WHERE grp = ? ORDER BY position LIMIT ?", (group, limit)
+            ).fetchall()
+            return Reader.events_at(conn, [r[0] for r in rows])
+
+        return await self.reader.run(read)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def _check_open(self) -> None:
