@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: benchmark name -> module (see bench/__init__.py for what a module provides)
-BENCHMARKS: dict[str, str] = {"store": "bench.store"}
+BENCHMARKS: dict[str, str] = {"store": "bench.store", "sagas": "bench.sagas"}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -51,3 +51,28 @@ def test_quick_store_benchmark_reports_every_figure(
     assert str(data.resolve()) in printed
     assert "appends/s" in printed
     assert str(path) in printed
+
+
+def test_quick_saga_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+
+    assert main(["--quick", "--only", "sagas", "--out", str(out), "--data-dir", str(data)]) == 0
+
+    [path] = out.glob("sagas-*.json")
+    result = json.loads(path.read_text())
+    assert list(data.iterdir()) == []
+    assert {(t["variant"], t["inflight"]) for t in result["throughput"]} == {
+        ("ok", 8),
+        ("ok", 32),
+        ("compensating", 8),
+        ("compensating", 32),
+    }
+    for t in result["throughput"]:
+        assert t["sagas"] > 0
+        expected = "SagaCompleted" if t["variant"] == "ok" else "SagaCompensated"
+        assert set(t["endings"]) == {expected}
+        # The real path: five appends per ok saga (start, intent, outcome + intent twice, outcome + end).
+        assert t["appends_per_saga"] == (5 if t["variant"] == "ok" else 7)
+        assert t["deliveries_per_saga"] > 0
+    assert result["step_overhead"]["samples"] > 0
+    assert result["bound"]["ratio"] > 0
