@@ -6,6 +6,7 @@ Events that arm timers carry the duration that arms them (``deadline_ms``, ``ret
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -238,6 +239,14 @@ def encode(event: Event) -> EncodedEvent:
     name = type(event).__name__
     data: dict[str, Any] = _ADAPTERS[name][1].dump_python(event, mode="json")
     return EncodedEvent(name, SCHEMA_VERSION, data)
+
+
+def encode_json(event: Event) -> tuple[str, int, bytes]:
+    """``encode`` straight to JSON bytes (the store's form), serialised by pydantic-core."""
+    if isinstance(event, UnknownEvent):
+        return event.type, event.schema, json.dumps(event.data, separators=(",", ":")).encode()
+    name = type(event).__name__
+    return name, SCHEMA_VERSION, _ADAPTERS[name][1].dump_json(event)
 
 
 def decode(type_name: str, data: Any, schema: int) -> Event:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 from orchestrator.domain.definitions import SagaDefinition, parse_pinned
 from orchestrator.domain.errors import DefinitionError, UnreadableHistory
@@ -39,6 +39,33 @@ from orchestrator.domain.vocabulary import (
     Phase,
     SagaStatus,
 )
+
+_V = TypeVar("_V")
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def replace(obj: _V, **changes: Any) -> _V:
+    """``dataclasses.replace`` for the frozen state values below, without re-running ``__init__``.
+
+    A fold calls it several times per event; these classes have no ``__post_init__`` and every field is
+    copied from ``obj`` or taken from ``changes``, so skipping ``__init__`` changes nothing but the cost.
+    """
+    cls = type(obj)
+    names = _FIELDS.get(cls)
+    if names is None:
+        instance: Any = obj
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(instance))
+    if not changes.keys() <= names:
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(changes.keys() - names)}")
+    new = object.__new__(cls)
+    if hasattr(obj, "__dict__"):
+        new.__dict__.update(obj.__dict__)
+        new.__dict__.update(changes)
+    else:
+        for name in names:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
+
 
 # The error class of the StepAttemptFailed that records a passed attempt deadline (not an observed outcome,
 # so a response that arrives later is still recorded, as "late").

@@ -21,7 +21,7 @@ from orchestrator.domain.events import (
     Event,
     StepStarted,
     decode,
-    encode,
+    encode_json,
 )
 from orchestrator.eventstore.ids import new_events
 from orchestrator.eventstore.types import Expected, NewEvent, RecordedEvent
@@ -72,18 +72,18 @@ def to_new_events(
 ) -> list[NewEvent]:
     items: list[tuple[str, bytes, bytes]] = []
     for event in events:
-        encoded = encode(event)
+        type_name, schema, data = encode_json(event)
         meta = {
             "tenant": envelope.tenant,
             "$correlationId": envelope.correlation_id,
             "$causationId": envelope.causation_id,
             "actor": envelope.actor,
             "traceparent": envelope.traceparent,
-            "schema": str(encoded.schema),
+            "schema": str(schema),
         }
         if nonce is not None:
             meta["nonce"] = nonce
-        items.append((encoded.type, _json(encoded.data), _json(meta)))
+        items.append((type_name, data, _json(meta)))
     return new_events(stream, expected, items)
 
 
