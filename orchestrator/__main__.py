@@ -1,93 +1,78 @@
 """Composition root and CLI: the only place that picks concrete adapters.
 
-saga-orchestrator serve [--role all|engine]
+saga-orchestrator serve [--role all|api|engine|projector]
+saga-orchestrator replay SAGA_ID [--at REVISION] [--verify]
+saga-orchestrator definitions register FILE
+saga-orchestrator projections rebuild
+saga-orchestrator eventstore streams|stream|subscriptions|parked …
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import structlog
-
-from orchestrator.engine.engine import Engine
-from orchestrator.engine.http_executor import HttpExecutor
-from orchestrator.engine.router import ExecutorRouter
-from orchestrator.eventstore.port import EventStore
+from orchestrator.cli import commands
 from orchestrator.observability.logging import configure_logging
-from orchestrator.settings import ConfigError, Settings, load_settings
+from orchestrator.settings import ConfigError, load_settings
 
-log = structlog.get_logger("orchestrator")
-
-
-@contextlib.asynccontextmanager
-async def open_store(settings: Settings, *, read_only: bool = False) -> AsyncIterator[EventStore]:
-    """The configured event store: the embedded one, or KurrentDB / EventStoreDB for a connection URL."""
-    url = settings.event_store.url
-    store: EventStore
-    if url == "embedded":
-        from orchestrator.eventstore.embedded import EmbeddedEventStore
-
-        store = await EmbeddedEventStore.open(
-            settings.event_store.data_dir / "eventstore", read_only=read_only
-        )
-    else:
-        from orchestrator.eventstore.kurrent import open_kurrent_store
-
-        store = await open_kurrent_store(url)
-    try:
-        yield store
-    finally:
-        await store.close()
+ROLES = ("all", "api", "engine", "projector")
 
 
-async def serve(settings: Settings, role: str) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with open_store(settings) as store:
-        executor = ExecutorRouter(http=HttpExecutor(settings.services))
-        engine: Engine | None = None
-        try:
-            if role in ("all", "engine"):
-                engine = Engine(
-                    store,
-                    executor,
-                    settings=settings.engine,
-                    data_dir=settings.event_store.data_dir,
-                    acquire_caps_ms={n: s.pool_acquire_timeout_ms for n, s in settings.services.items()},
-                )
-                await engine.start()
-            log.info("serving", role=role, event_store=settings.event_store.url)
-            await stop.wait()
-            log.info("stopping", grace_s=settings.engine.shutdown_grace_s)
-        finally:
-            if engine is not None:
-                await engine.stop()
-            await executor.close()
-    return 0
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saga-orchestrator", description="event-sourced saga orchestrator")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--role", choices=ROLES, default="all", help="what this process does (default: all)")
+
+    replay = sub.add_parser("replay", help="the audit timeline of one saga (reads the store read-only)")
+    replay.add_argument("saga_id")
+    replay.add_argument("--at", type=int, metavar="REVISION", help="the full state at this revision")
+    replay.add_argument("--verify", action="store_true", help="re-fold, check the pinned definition hash")
+    replay.add_argument("--tenant", help="only if the saga belongs to this tenant")
+
+    definitions = sub.add_parser("definitions", help="saga definitions (through the running service)")
+    dsub = definitions.add_subparsers(dest="action", required=True)
+    register = dsub.add_parser("register", help="register a definition from a JSON file")
+    register.add_argument("file")
+    register.add_argument("--url", help="the service's base URL (default: from the settings)")
+    register.add_argument("--tenant", help="X-Tenant-Id to send (auth mode trusted-header)")
+
+    projections = sub.add_parser("projections", help="read models (through the running service)")
+    psub = projections.add_subparsers(dest="action", required=True)
+    rebuild = psub.add_parser("rebuild", help="rebuild the read models into a new generation, then switch")
+    rebuild.add_argument("--url", help="the service's base URL (default: from the settings)")
+
+    store = sub.add_parser("eventstore", help="read-only views of the event store")
+    ssub = store.add_subparsers(dest="action", required=True)
+    streams = ssub.add_parser("streams", help="streams of a category")
+    streams.add_argument("--prefix", default="saga-")
+    streams.add_argument("--limit", type=int, default=50)
+    one = ssub.add_parser("stream", help="the events of one stream")
+    one.add_argument("name")
+    ssub.add_parser("subscriptions", help="persistent subscription groups")
+    parked = ssub.add_parser("parked", help="parked events of a group")
+    parked.add_argument("group", nargs="?", default="orchestrator")
+    parked.add_argument("--limit", type=int, default=50)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saga-orchestrator")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the service")
-    run.add_argument("--role", choices=["all", "engine"], default="all")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    if args.command == "serve":
-        return asyncio.run(serve(settings, args.role))
-    return 2
+    try:
+        return asyncio.run(commands.dispatch(args, settings))
+    except commands.CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -121,6 +121,21 @@ class EngineSettings(_Strict):
     timer_window_s: float = Field(default=60.0, gt=0)
 
 
+class DemoSettings(_Strict):
+    """The demo participants (order, inventory and payment services) served in-process, registered
+    under their names unless the registry already has them. ``auto``: on with the embedded store."""
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    host: str = "127.0.0.1"
+    #: 0 picks a free port
+    port: int = Field(default=8090, ge=0, le=65535)
+
+
+class ProjectionSettings(_Strict):
+    #: terminal sagas leave the read model this long after they ended (their streams stay)
+    retention_days: float = Field(default=30.0, gt=0)
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -138,6 +153,8 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     server: ServerSettings = ServerSettings()
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    demo: DemoSettings = DemoSettings()
+    projections: ProjectionSettings = ProjectionSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

@@ -67,8 +67,7 @@ class Engine:
         self._incarnation = uuid.uuid4().hex
         self._sequence = itertools.count(1)
         self._acquire_caps = dict(acquire_caps_ms or {})
-        max_cap = max(self._acquire_caps.values(), default=1_000)
-        self.tuning = Tuning(kick_ms=settings.kick_ms, attempt_slack_ms=max_cap + settings.deadline_slack_ms)
+        self.tuning = self.tuning_for(settings, self._acquire_caps)
         self._data_dir = data_dir
         self._actors: dict[str, SagaActor] = {}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -81,6 +80,12 @@ class Engine:
         self.firer: TimerFirer | None = None
         self.timer_projection: TimerProjection | None = None
         self.stopping = False
+
+    @staticmethod
+    def tuning_for(settings: EngineSettings, acquire_caps_ms: Mapping[str, int]) -> Tuning:
+        """The core's durations: an attempt's durable deadline covers the slowest pool acquisition."""
+        max_cap = max(acquire_caps_ms.values(), default=1_000)
+        return Tuning(kick_ms=settings.kick_ms, attempt_slack_ms=max_cap + settings.deadline_slack_ms)
 
     # --- services for actors ---------------------------------------------------------------------------
     def nonce(self) -> str:

@@ -92,8 +92,9 @@ class TimerProjection:
             await self._flush(changes, resets, position)
 
     async def _flush(self, changes: list[TimerChange], resets: set[str], position: Position) -> None:
-        # Off the event loop: the index write is the projection's only blocking IO.
-        await asyncio.to_thread(self._index.apply, changes, position, resets)
+        # On the loop thread, like every other use of the index's connection: a short local transaction
+        # (synchronous=NORMAL, no fsync), and never concurrent with the firer's reads or with close().
+        self._index.apply(changes, position, resets)
         if self._firer is not None:
             self._firer.changed(changes)
         if self._on_applied is not None:

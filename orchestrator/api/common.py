@@ -1,0 +1,155 @@
+"""Small helpers every handler module shares: dependencies, principal, JSON answers, parameter parsing,
+body validation and the read-model guard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.api.deps import DEPS, PRINCIPAL, ApiDeps, ReadModelsPort
+from orchestrator.api.principal import ADMIN, Principal, resolve_principal
+from orchestrator.api.problems import FieldProblem, Problem, invalid_field
+from orchestrator.domain.events import SagaStarted
+from orchestrator.engine.codec import from_recorded
+from orchestrator.engine.commands import saga_stream
+from orchestrator.eventstore.errors import OperationalError, StreamDeleted, StreamNotFound
+from orchestrator.eventstore.types import RecordedEvent
+from projections.redis_store import ReadModelError
+
+M = TypeVar("M", bound=BaseModel)
+WAKE_TIMEOUT_S = 0.5
+
+
+def deps(request: web.Request) -> ApiDeps:
+    return request.app[DEPS]
+
+
+def principal(request: web.Request) -> Principal:
+    """Resolved once per request (the middleware logs it, the handler scopes by it)."""
+    found = request.get(PRINCIPAL)
+    if found is None:
+        found = resolve_principal(request, deps(request).settings.auth)
+        request[PRINCIPAL] = found
+    return found
+
+
+def require_admin(request: web.Request) -> Principal:
+    who = principal(request)
+    if ADMIN not in who.roles:
+        raise Problem(403, "forbidden", "the admin role is required (X-Roles: admin)")
+    return who
+
+
+def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=model.model_dump_json().encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def saga_id_param(request: web.Request) -> str:
+    """Saga ids are UUIDs; anything else cannot name a saga, so it is simply not found."""
+    raw = request.match_info["id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise Problem(404, "not-found", f"no saga {raw!r}") from None
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = [
+            FieldProblem(".".join(["body", *(str(p) for p in err["loc"])]), err["msg"])
+            for err in e.errors(include_url=False)
+        ]
+        raise Problem(
+            422, "invalid-request", "; ".join(f"{f.field}: {f.problem}" for f in errors), errors
+        ) from None
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
+        raise invalid_field(400, "invalid-query", f"query.{name}", f"an integer from {low} to {high}")
+    return int(raw)
+
+
+def str_query(request: web.Request, name: str, max_length: int = 200) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > max_length:
+        raise invalid_field(400, "invalid-query", f"query.{name}", f"at most {max_length} characters")
+    return raw
+
+
+def read_models(request: web.Request) -> ReadModelsPort:
+    found = deps(request).read_models
+    if found is None:
+        raise Problem(503, "read-model-unavailable", "this node serves no read models", headers=_RETRY)
+    return found
+
+
+_RETRY = {"Retry-After": "5"}
+
+
+@asynccontextmanager
+async def read_guard() -> AsyncIterator[None]:
+    """Redis down or slow: this read answers 503 (commands and health are unaffected)."""
+    try:
+        yield
+    except ReadModelError as e:
+        raise Problem(
+            503, "read-model-unavailable", f"the read model is unavailable: {e}", headers=_RETRY
+        ) from e
+    except (ConnectionError, TimeoutError) as e:
+        raise Problem(503, "read-model-unavailable", "the read model is unavailable", headers=_RETRY) from e
+
+
+@asynccontextmanager
+async def store_guard() -> AsyncIterator[None]:
+    try:
+        yield
+    except OperationalError as e:
+        raise Problem(503, "store-unavailable", f"the event store is unavailable: {e}", headers=_RETRY) from e
+
+
+async def owned_saga_start(request: web.Request, saga_id: str) -> RecordedEvent:
+    """The saga's first event, if the saga exists and belongs to the caller's tenant; else 404."""
+    who = principal(request)
+    store = deps(request).store
+    try:
+        async with store_guard():
+            first = await store.read_stream(saga_stream(saga_id), limit=1)
+    except (StreamNotFound, StreamDeleted):
+        first = []
+    event = from_recorded(first[0]).event if first else None
+    if not isinstance(event, SagaStarted) or event.tenant != who.tenant:
+        raise Problem(404, "not-found", f"no saga {saga_id!r}")
+    return first[0]
+
+
+async def wake(request: web.Request, saga_id: str) -> None:
+    """Let this node's actor look at the saga now. Only a latency hint (the kick timer and the
+    subscription bring the saga back anyway), so a busy engine never holds up the HTTP answer."""
+    engine = deps(request).engine
+    if engine is None or engine.stopping:
+        return
+    # A clean context: an actor created here outlives the request and must not log its trace id forever.
+    task = asyncio.create_task(engine.wake(saga_stream(saga_id)), context=contextvars.Context())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(task, WAKE_TIMEOUT_S)

@@ -1,0 +1,104 @@
+"""What the API is built from (:class:`ApiDeps`), the read-side ports it codes against, and the typed
+application and request keys.
+
+The API depends on the read side through small protocols rather than the Redis classes, so the composition
+root decides what serves reads (or that nothing does: then every read endpoint answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from orchestrator.api.principal import Principal
+from orchestrator.engine.commands import SagaCommands
+from orchestrator.engine.engine import Engine
+from orchestrator.eventstore.port import EventStore
+from orchestrator.eventstore.types import Position
+from orchestrator.settings import Settings
+from projections.rebuild import RebuildProgress
+from projections.views import DefinitionSummary, Page, SagaCounters, SagaSummary, SagaView
+
+
+class ReadModelsPort(Protocol):
+    """The query side (``projections.queries.ReadModels``); every method may raise a read-model error."""
+
+    async def saga(self, tenant: str, saga_id: str) -> SagaView | None: ...
+
+    async def list_sagas(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        definition: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[SagaSummary]: ...
+
+    async def dlq(self, tenant: str, *, limit: int = 50, cursor: str | None = None) -> Page[SagaSummary]: ...
+
+    async def definitions(self, tenant: str) -> list[DefinitionSummary]: ...
+
+    async def counters(self, tenant: str) -> SagaCounters: ...
+
+    async def position(self) -> Position | None: ...
+
+    async def wait_for(self, position: Position, timeout: float) -> tuple[bool, Position | None]: ...  # noqa: ASYNC109
+
+
+class ProjectorPort(Protocol):
+    """The projector of this process (``projections.service.ProjectorService``): admin rebuilds."""
+
+    @property
+    def progress(self) -> RebuildProgress | None: ...
+
+    async def rebuild(
+        self, on_progress: Callable[[RebuildProgress], None] | None = None
+    ) -> RebuildProgress: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    version: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiDeps:
+    store: EventStore
+    commands: SagaCommands
+    registry: CollectorRegistry
+    settings: Settings
+    node: NodeInfo
+    #: None: this process serves no reads (every read endpoint answers 503)
+    read_models: ReadModelsPort | None = None
+    #: None: no engine in this process (commands are still appended; another node's engine acts)
+    engine: Engine | None = None
+    #: None: no projector in this process (admin rebuild answers 503)
+    projector: ProjectorPort | None = None
+    sse_keepalive_s: float = 15.0
+    #: events buffered per SSE client; a client that falls further behind is disconnected and resumes
+    sse_queue_size: int = 256
+    sse_retry_ms: int = 2_000
+    #: the longest a read with ``min_position`` waits for the read model
+    read_wait_max_s: float = 5.0
+    #: read model this many store positions behind the head: ``/health`` says degraded
+    lag_degraded_positions: int = 1_000
+
+
+@dataclass
+class RebuildState:
+    task: asyncio.Task[None] | None = None
+    last_progress: RebuildProgress | None = None
+    error: str | None = None
+
+
+DEPS = web.AppKey("deps", ApiDeps)
+REBUILD = web.AppKey("rebuild", RebuildState)
+PRINCIPAL = web.RequestKey("principal", Principal)

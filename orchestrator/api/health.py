@@ -1,0 +1,199 @@
+"""Health: ``/health/live`` checks nothing external; ``/health/ready`` means this process can serve its
+role (the event store answers); ``/health`` adds the read model and its lag (``degraded``, never a
+readiness failure: stale reads are better than no node at all); ``/health/cluster`` describes this node.
+Also ``/metrics``, the Prometheus exposition of the process registry."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from orchestrator.api.common import deps, json_response
+from orchestrator.api.deps import ApiDeps
+from orchestrator.api.models import (
+    ClusterReport,
+    HealthCheck,
+    HealthReport,
+    LiveReport,
+    NodeReport,
+    SubscriptionModel,
+    TimerState,
+)
+from orchestrator.api.routes import Reply, Route
+from orchestrator.eventstore.errors import EventStoreError
+from orchestrator.eventstore.types import Position, SubscriptionInfo
+from projections.redis_store import ReadModelError
+
+PING_TIMEOUT_S = 2.0
+Status = Literal["ok", "degraded", "down"]
+
+
+async def _store_check(d: ApiDeps) -> HealthCheck:
+    try:
+        await asyncio.wait_for(d.store.ping(), PING_TIMEOUT_S)
+    except (EventStoreError, TimeoutError, OSError) as e:
+        return HealthCheck(status="down", detail=str(e) or type(e).__name__)
+    return HealthCheck(status="ok")
+
+
+async def _read_model_position(d: ApiDeps) -> tuple[HealthCheck, Position | None]:
+    if d.read_models is None:
+        return HealthCheck(status="absent", detail="this node serves no read models"), None
+    try:
+        position = await asyncio.wait_for(d.read_models.position(), PING_TIMEOUT_S)
+    except (ReadModelError, ConnectionError, TimeoutError, OSError) as e:
+        return HealthCheck(status="down", detail=str(e) or type(e).__name__), None
+    return HealthCheck(status="ok"), position
+
+
+async def live(_: web.Request) -> web.Response:
+    return json_response(LiveReport(status="ok"))
+
+
+async def ready(request: web.Request) -> web.Response:
+    store = await _store_check(deps(request))
+    status: Status = "ok" if store.status == "ok" else "down"
+    return json_response(HealthReport(status=status, checks={"store": store}), 200 if status == "ok" else 503)
+
+
+async def health(request: web.Request) -> web.Response:
+    d = deps(request)
+    store = await _store_check(d)
+    read_model, applied = await _read_model_position(d)
+    lag: int | None = None
+    checks = {"store": store, "read_model": read_model}
+    if store.status == "ok" and read_model.status == "ok":
+        try:
+            head = await d.store.head_position()
+        except EventStoreError:
+            head = None
+        if head is not None:
+            lag = max(0, head.commit - (applied.commit if applied is not None else 0))
+            if lag > d.lag_degraded_positions:
+                checks["projection_lag"] = HealthCheck(
+                    status="degraded", detail=f"the read model is {lag} positions behind the store"
+                )
+    status: Status
+    if store.status != "ok":
+        status = "down"
+    elif read_model.status == "down" or "projection_lag" in checks:
+        status = "degraded"
+    else:
+        status = "ok"
+    report = HealthReport(status=status, checks=checks, projection_lag_positions=lag)
+    return json_response(report, 503 if status == "down" else 200)
+
+
+def subscription_model(info: SubscriptionInfo) -> SubscriptionModel:
+    return SubscriptionModel(
+        group=info.group,
+        status=info.status,
+        checkpoint=info.checkpoint.encode() if info.checkpoint is not None else None,
+        in_flight=info.in_flight,
+        parked=info.parked,
+        connections=info.connections,
+        strategy=info.settings.strategy.value,
+        max_retry_count=info.settings.max_retry_count,
+        message_timeout_s=info.settings.message_timeout,
+    )
+
+
+async def cluster(request: web.Request) -> web.Response:
+    d = deps(request)
+    store = await _store_check(d)
+    redis, _ = await _read_model_position(d)
+    subscription: SubscriptionModel | None = None
+    timers: TimerState | None = None
+    if d.engine is not None:
+        if store.status == "ok":
+            try:
+                subscription = subscription_model(
+                    await d.store.get_subscription_info(d.engine.settings.group)
+                )
+            except EventStoreError:
+                subscription = None
+        firer = d.engine.firer
+        timers = TimerState(
+            running=firer is not None and not d.engine.stopping,
+            fired_total=firer.fired_total if firer is not None else 0,
+            actors=d.engine.active_actors,
+        )
+    node = NodeReport(
+        node_id=d.node.node_id,
+        version=d.node.version,
+        roles=list(d.node.roles),
+        store=store,
+        redis=redis,
+        subscription=subscription,
+        timers=timers,
+    )
+    status: Status
+    if store.status != "ok":
+        status = "down"
+    elif redis.status == "down":
+        status = "degraded"
+    else:
+        status = "ok"
+    return json_response(ClusterReport(status=status, node=node, nodes=[node]))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(deps(request).registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+ROUTES = (
+    Route(
+        "GET",
+        "/health",
+        health,
+        "health",
+        "ok, degraded (read model down or lagging) or down (event store unreachable)",
+        "health",
+        {200: Reply("ok or degraded", HealthReport), 503: Reply("down", HealthReport)},
+        tenant_scoped=False,
+    ),
+    Route(
+        "GET",
+        "/health/live",
+        live,
+        "live",
+        "Liveness: the process answers (checks nothing external)",
+        "health",
+        {200: Reply("alive", LiveReport)},
+        tenant_scoped=False,
+    ),
+    Route(
+        "GET",
+        "/health/ready",
+        ready,
+        "ready",
+        "Readiness: the event store answers",
+        "health",
+        {200: Reply("ready", HealthReport), 503: Reply("not ready", HealthReport)},
+        tenant_scoped=False,
+    ),
+    Route(
+        "GET",
+        "/health/cluster",
+        cluster,
+        "cluster",
+        "This node: id, version, roles, store and Redis reachability, subscription, timer firer",
+        "health",
+        {200: Reply("the node report", ClusterReport)},
+        tenant_scoped=False,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "metrics",
+        "Prometheus exposition",
+        "health",
+        {200: Reply("text exposition format", media="text/plain", schema={"type": "string"})},
+        tenant_scoped=False,
+    ),
+)

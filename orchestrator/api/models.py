@@ -1,0 +1,200 @@
+"""Strict request and response models: what the API accepts and answers, and what OpenAPI publishes.
+
+Requests forbid unknown fields and coerce nothing (``"3"`` is not ``3``), so a typo is an error rather
+than a silently different request. The read-model shapes come from ``projections.views``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.domain.definitions import NAME_PATTERN
+from orchestrator.engine.commands import CLIENT_ID
+
+SagaStatusName = Literal["running", "compensating", "completed", "compensated", "dead_lettered", "suspended"]
+CommandName = Literal["abort", "retry", "skip", "resolve", "resume"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+class StartSagaRequest(_Request):
+    """The brief's start payload; ``version`` and ``saga_id`` (a client-chosen id) are optional."""
+
+    saga_name: str = Field(pattern=NAME_PATTERN, description="the definition to run")
+    context: dict[str, Any] = Field(default_factory=dict, description="the saga's input, a JSON object")
+    version: str | None = Field(None, max_length=64, description="a definition version; default: the latest")
+    saga_id: str | None = Field(
+        None,
+        pattern=CLIENT_ID.pattern,
+        description="a client-chosen id; starting again with it returns the same saga",
+    )
+
+
+class InterventionRequest(_Request):
+    reason: str = Field(min_length=1, max_length=2_000, description="why; recorded with the actor")
+    step: str | None = Field(None, pattern=NAME_PATTERN, description="the step to act on, where it matters")
+
+
+# --- responses -------------------------------------------------------------------------------------------
+
+
+class FieldProblemModel(_Response):
+    field: str
+    problem: str
+
+
+class ProblemModel(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblemModel] | None = None
+    instance: str | None = None
+
+
+class DefinitionRegistered(_Response):
+    name: str
+    version: str
+    hash: str
+    created: bool
+    #: opaque ``$all`` position token of the registration
+    position: str | None
+    definition: dict[str, Any]
+
+
+class DefinitionVersionInfo(_Response):
+    version: str
+    hash: str
+
+
+class DefinitionVersions(_Response):
+    name: str
+    latest: str
+    versions: list[DefinitionVersionInfo]
+
+
+class DefinitionDetail(_Response):
+    name: str
+    version: str
+    hash: str
+    definition: dict[str, Any]
+
+
+class SagaStartedResponse(_Response):
+    """The same body for the first start (201) and every repeat of it (200)."""
+
+    saga_id: str
+    client_id: str | None
+    status: SagaStatusName
+    saga_name: str
+    version: str
+    position: str | None
+
+
+class InterventionResult(_Response):
+    saga_id: str
+    command: CommandName
+    #: False: this Idempotency-Key was applied before; nothing was appended now
+    applied: bool
+    revision: int
+    position: str | None
+    idempotency_key: str
+
+
+class EventRecord(_Response):
+    revision: int
+    position: str
+    type: str
+    recorded_at: str
+    data: Any
+    actor: str | None
+    causation_id: str | None
+    correlation_id: str | None
+    schema_version: str | None
+
+
+class EventHistory(_Response):
+    saga_id: str
+    items: list[EventRecord]
+    #: pass as ``from_revision`` for the next page; None when this page reached the end
+    next_from_revision: int | None
+
+
+class HealthCheck(_Response):
+    status: Literal["ok", "degraded", "down", "absent"]
+    detail: str | None = None
+
+
+class HealthReport(_Response):
+    status: Literal["ok", "degraded", "down"]
+    checks: dict[str, HealthCheck]
+    projection_lag_positions: int | None = None
+
+
+class LiveReport(_Response):
+    status: Literal["ok"]
+
+
+class SubscriptionModel(_Response):
+    group: str
+    status: str
+    checkpoint: str | None
+    in_flight: int
+    parked: int
+    connections: int
+    strategy: str
+    max_retry_count: int
+    message_timeout_s: float
+
+
+class TimerState(_Response):
+    running: bool
+    fired_total: int
+    actors: int
+
+
+class NodeReport(_Response):
+    node_id: str
+    version: str
+    roles: list[str]
+    store: HealthCheck
+    redis: HealthCheck
+    subscription: SubscriptionModel | None
+    timers: TimerState | None
+
+
+class ClusterReport(_Response):
+    status: Literal["ok", "degraded", "down"]
+    node: NodeReport
+    #: every node known to this one (only itself until clustering lands)
+    nodes: list[NodeReport]
+
+
+class SubscriptionList(_Response):
+    items: list[SubscriptionModel]
+
+
+class RebuildStatus(_Response):
+    running: bool
+    progress: dict[str, Any] | None
+    error: str | None
+
+
+class Accepted(_Response):
+    status: Literal["accepted"]
+    detail: str

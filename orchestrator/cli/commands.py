@@ -1,0 +1,147 @@
+"""What each CLI command does. ``serve`` composes the service (see :mod:`orchestrator.composition`); the
+tools read the store read-only or talk to the running service's API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from orchestrator.cli import inspect
+from orchestrator.cli.replay import render, replay, verify
+from orchestrator.eventstore.errors import EventStoreError, StreamNotFound
+from orchestrator.settings import Settings
+
+
+class CliError(Exception):
+    """A command failed in a way the user can act on; the message says how."""
+
+
+def _base_url(settings: Settings, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    return f"http://{host}:{settings.server.port}"
+
+
+async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.composition import open_store, serve
+
+    if args.command == "serve":
+        return await serve(settings, args.role)
+    if args.command == "replay":
+        return await _replay(args, settings)
+    if args.command == "definitions":
+        return await _register(args, settings)
+    if args.command == "projections":
+        return await _rebuild(args, settings)
+    try:
+        async with open_store(settings, read_only=True) as store:
+            match args.action:
+                case "streams":
+                    print(await inspect.streams(store, args.prefix, args.limit))
+                case "stream":
+                    print(await inspect.stream(store, args.name))
+                case "subscriptions":
+                    print(await inspect.subscriptions(store))
+                case "parked":
+                    print(await inspect.parked(store, args.group, args.limit))
+    except EventStoreError as e:
+        raise CliError(str(e)) from e
+    return 0
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.composition import open_store
+
+    try:
+        async with open_store(settings, read_only=True) as store:
+            events = list(await store.read_stream(f"saga-{args.saga_id}"))
+    except StreamNotFound as e:
+        raise CliError(f"no saga {args.saga_id}") from e
+    except EventStoreError as e:
+        raise CliError(str(e)) from e
+    result = replay(events)
+    if args.tenant and result.final is not None and result.final.tenant != args.tenant:
+        raise CliError(f"no saga {args.saga_id}")
+    print(render(result, at=args.at))
+    if args.verify:
+        problems = verify(events, result)
+        print("verify: ok" if not problems else "\n".join(f"verify: {p}" for p in problems))
+        return 0 if not problems else 3
+    return 0
+
+
+async def _call(method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    try:
+        async with aiohttp.ClientSession() as session, session.request(method, url, **kw) as response:
+            text = await response.text()
+            try:
+                body = json.loads(text) if text else None
+            except ValueError:
+                body = text
+            return response.status, body
+    except aiohttp.ClientError as e:
+        raise CliError(
+            f"cannot reach the service at {url}: {e} (is `saga-orchestrator serve` running?)"
+        ) from e
+
+
+async def _register(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        body = await asyncio.to_thread(Path(args.file).read_bytes)
+    except OSError as e:
+        raise CliError(f"{args.file}: {e.strerror}") from e
+    headers = {"Content-Type": "application/json"}
+    if args.tenant:
+        headers["X-Tenant-Id"] = args.tenant
+    status, answer = await _call(
+        "POST", f"{_base_url(settings, args.url)}/api/v1/sagas/definitions", data=body, headers=headers
+    )
+    print(json.dumps(answer, indent=2) if not isinstance(answer, str) else answer)
+    return 0 if status < 400 else 1
+
+
+def _bar(progress: dict[str, Any]) -> str:
+    applied = progress.get("events_applied", 0)
+    rate = progress.get("events_per_second", 0.0)
+    elapsed = progress.get("elapsed_seconds", 0.0) or 0.0
+    eta = progress.get("eta_seconds")
+    done = 1.0 if progress.get("phase") == "done" else (elapsed / (elapsed + eta) if eta else 0.0)
+    width = 30
+    filled = int(min(1.0, done) * width)
+    tail = f" eta {eta:.0f}s" if isinstance(eta, int | float) else ""
+    bar = "#" * filled + "." * (width - filled)
+    return f"[{bar}] {progress.get('phase', '')} {applied:,} events {rate:,.0f}/s{tail}"
+
+
+async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    url = f"{_base_url(settings, args.url)}/api/v1/admin/projections/rebuild"
+    status, answer = await _call("POST", url)
+    if status >= 400:
+        print(json.dumps(answer, indent=2), file=sys.stderr)
+        return 1
+    last = ""
+    while True:
+        status, body = await _call("GET", url)
+        if status >= 400 or not isinstance(body, dict):
+            print(json.dumps(body, indent=2), file=sys.stderr)
+            return 1
+        progress = body.get("progress") or {}
+        line = _bar(progress)
+        if line != last:
+            print(f"\r{line}", end="", flush=True)
+            last = line
+        error = body.get("error") or progress.get("error")
+        if error:
+            print(f"\nrebuild failed: {error}", file=sys.stderr)
+            return 1
+        if not body.get("running") and progress.get("phase") == "done":
+            print(f"\nrebuild done: generation {progress.get('generation')} is serving")
+            return 0
+        await asyncio.sleep(0.5)
