@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", type=int, metavar="REVISION", help="the full state at this revision")
     replay.add_argument("--verify", action="store_true", help="re-fold, check the pinned definition hash")
     replay.add_argument("--tenant", help="only if the saga belongs to this tenant")
+    replay.add_argument("--url", help="the service whose read model --verify compares (default: settings)")
 
     definitions = sub.add_parser("definitions", help="saga definitions (through the running service)")
     dsub = definitions.add_subparsers(dest="action", required=True)

@@ -72,9 +72,32 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     print(render(result, at=args.at))
     if args.verify:
         problems = verify(events, result)
+        if result.final is not None:
+            problems += await _compare_read_model(args, settings, result)
         print("verify: ok" if not problems else "\n".join(f"verify: {p}" for p in problems))
         return 0 if not problems else 3
     return 0
+
+
+async def _compare_read_model(args: argparse.Namespace, settings: Settings, result: Any) -> list[str]:
+    """The read model's view of the saga (through the service's API) against the fold."""
+    final = result.final
+    url = f"{_base_url(settings, args.url)}/api/v1/sagas/instances/{args.saga_id}"
+    try:
+        status, view = await _call("GET", url, headers={"X-Tenant-Id": final.tenant})
+    except CliError as e:
+        print(f"verify: read model not compared ({e})")
+        return []
+    if status != 200 or not isinstance(view, dict):
+        return [f"read model: GET {url} answered {status}"]
+    problems = []
+    if view.get("status") != final.status.value:
+        problems.append(f"read model status {view.get('status')!r}, fold {final.status.value!r}")
+    if view.get("revision") != final.revision:
+        problems.append(f"read model at revision {view.get('revision')}, stream at {final.revision}")
+    if not problems:
+        print(f"verify: read model agrees (status {final.status.value}, revision {final.revision})")
+    return problems
 
 
 async def _call(method: str, url: str, **kw: Any) -> tuple[int, Any]:
