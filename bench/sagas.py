@@ -103,11 +103,20 @@ class StepClock:
 class Rig:
     """Store + engine + commands for one measurement, on a fresh data directory."""
 
-    def __init__(self, directory: Path, *, decline: bool, http: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        decline: bool,
+        http: dict[str, str] | None = None,
+        projections: bool = False,
+    ) -> None:
         self.directory = directory
         self.decline = decline
         self.http = http
+        self.projections = projections
         self.clock = StepClock({})
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def __aenter__(self) -> Rig:
         configure_logging("json", "WARNING")
@@ -134,6 +143,20 @@ class Rig:
         self.commands = SagaCommands(self.store, self.engine.tuning)
         await self.commands.register_definition("bench", "bench", SEED)
         await self.engine.start()
+        if self.projections:
+            from prometheus_client import CollectorRegistry
+
+            from projections.embedded_redis import EmbeddedRedis
+            from projections.service import start_projector
+
+            redis = EmbeddedRedis(self.directory / "redis")
+            url = await asyncio.to_thread(redis.start)
+            projector = await start_projector(self.store, url, "bench", registry=CollectorRegistry())
+
+            async def stop_redis() -> None:
+                await asyncio.to_thread(redis.stop)
+
+            self._closers += [projector.stop, stop_redis]
         self.waiters: dict[str, asyncio.Future[str]] = {}
         self.sub = await self.store.subscribe_all(
             after=await self.store.head_position(), filter=EventFilter(event_type_regex=END_TYPES)
@@ -163,6 +186,8 @@ class Rig:
         with contextlib.suppress(asyncio.CancelledError):
             await self.watch
         await self.sub.close()
+        for close in self._closers:
+            await close()
         await self.engine.stop(grace=2)
         await self.router.close()
         await self.store.close()
@@ -291,6 +316,21 @@ async def _measure(root: Path, quick: bool) -> dict[str, Any]:
         "p99_ms": _pct(overheads, 0.99),
         "saga_p50_ms": single["latency_p50_ms"],
     }
+    context = {"order_id": "o-1", "customer_id": "c-1", "amount": 99.99}
+    async with Rig(root / "projections", decline=False, projections=True) as rig:
+        await closed_loop(rig, min(levels[-1], 16), 0.3, context)
+        figures = await closed_loop(rig, levels[-1], seconds, context)
+    out["throughput"].append({"variant": "ok+projections", **figures})
+    from orchestrator.demo import start_demo_services
+
+    demo = await start_demo_services()
+    try:
+        async with Rig(root / "http", decline=False, http=demo.base_urls) as rig:
+            await closed_loop(rig, min(levels[0], 16), 0.3, context)
+            figures = await closed_loop(rig, levels[0], seconds, context)
+        out["throughput"].append({"variant": "ok+http(demo)", **figures})
+    finally:
+        await demo.stop()
     ok_top = next(t for t in out["throughput"] if t["variant"] == "ok" and t["inflight"] == levels[-1])
     shape = [1, 1, 2, 2, 2]  # SagaStarted, StepStarted, (outcome + next intent) x2, outcome + SagaCompleted
     out["bound"] = store_bound(root / "bound", shape, max(1, round(ok_top["mean_group_size"])), seconds / 2)
@@ -330,12 +370,12 @@ def render(r: dict[str, Any]) -> str:
         f"Saga benchmark ({r['mode']} mode): the seed's 3-step saga, in-process no-op steps, embedded store "
         f"(synchronous=FULL), persistent subscription, actors, timer index; {r['machine']['cores']} cores",
         "",
-        " variant       inflight  sagas/s  cpu ms/saga  events/s  appends/saga  deliveries/saga  "
+        " variant         inflight  sagas/s  cpu ms/saga  events/s  appends/saga  deliveries/saga  "
         "fsyncs/s  group  p50 ms  p99 ms",
     ]
     for t in r["throughput"]:
         out.append(
-            f" {t['variant']:<13} {t['inflight']:>8} {t['sagas_per_s']:>8.0f} {t['cpu_ms_per_saga']:>12.2f} "
+            f" {t['variant']:<15} {t['inflight']:>8} {t['sagas_per_s']:>8.0f} {t['cpu_ms_per_saga']:>12.2f} "
             f"{t['events_per_s']:>9.0f} {t['appends_per_saga']:>13.2f} {t['deliveries_per_saga']:>16.2f} "
             f"{t['fsyncs_per_s']:>9.0f} {t['mean_group_size']:>6.1f} {t['latency_p50_ms']:>7.1f} "
             f"{t['latency_p99_ms']:>7.1f}"

@@ -66,13 +66,15 @@ def test_quick_saga_benchmark_reports_every_figure(tmp_path: Path) -> None:
         ("ok", 32),
         ("compensating", 8),
         ("compensating", 32),
+        ("ok+projections", 32),
+        ("ok+http(demo)", 8),
     }
     for t in result["throughput"]:
         assert t["sagas"] > 0
-        expected = "SagaCompleted" if t["variant"] == "ok" else "SagaCompensated"
+        expected = "SagaCompensated" if t["variant"] == "compensating" else "SagaCompleted"
         assert set(t["endings"]) == {expected}
         # The real path: five appends per ok saga (start, intent, outcome + intent twice, outcome + end).
-        assert t["appends_per_saga"] == (5 if t["variant"] == "ok" else 7)
+        assert t["appends_per_saga"] == (7 if t["variant"] == "compensating" else 5)
         assert t["deliveries_per_saga"] > 0
     assert result["step_overhead"]["samples"] > 0
     assert result["bound"]["ratio"] > 0
