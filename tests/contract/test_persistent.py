@@ -3,6 +3,7 @@ delivery starts, and what ack and each nack action do."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -237,3 +238,21 @@ async def test_the_subscriber_limit_refuses_one_consumer_too_many(
     event = names.events(1)[0]
     await store.append(names.stream("a"), [event], expected=NO_STREAM)
     await eventually(lambda: replacement.received(event.id), what="delivery to the replacement")
+
+
+async def test_events_matching_amid_filtered_ones_are_delivered_while_appends_race(
+    harness: StoreHarness, store: EventStore, names: Names, collect: Collect
+) -> None:
+    # Commits that land while the group reads a page (many of them filtered out) must still be seen:
+    # nothing else is coming to wake the group for them.
+    group = await create_group(harness, store, names, after=await mark(store, names))
+    consumer = await consume(store, group, collect, auto_ack=True)
+
+    async def writer(w: int) -> None:
+        for i in range(50):
+            await store.append(names.outside(f"noise-{w}-{i}"), names.events(3), expected=NO_STREAM)
+            await store.append(names.stream(f"s-{w}-{i}"), names.events(1), expected=NO_STREAM)
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    await eventually(lambda: len(consumer.events) >= 400, what="every matching event", timeout=10)
+    assert len({e.id for e in consumer.events}) == 400

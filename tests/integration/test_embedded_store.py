@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,4 +209,34 @@ async def test_live_subscribers_are_woken_by_the_writer_not_by_polling(tmp_path:
     assert isinstance(event, RecordedEvent)
     assert event.stream == "live"
     await sub.close()
+    await store.close()
+
+
+async def test_a_persistent_group_reads_on_when_commits_land_during_its_page_read(tmp_path: Path) -> None:
+    from orchestrator.eventstore import ConsumerStrategy, EventFilter, PersistentSubscriptionSettings
+
+    store = await EmbeddedEventStore.open(tmp_path)
+    await store.create_subscription(
+        "g",
+        filter=EventFilter(stream_prefixes=("a-",)),
+        settings=PersistentSubscriptionSettings(strategy=ConsumerStrategy.PINNED),
+    )
+    consumer = await store.read_subscription("g")
+    first = asyncio.ensure_future(consumer.__anext__())
+    original = store.reader.run
+    injected = asyncio.Event()
+
+    async def run(fn: Any) -> Any:
+        result = await original(fn)
+        if not injected.is_set():
+            injected.set()
+            # A matching commit lands after the group's page was read, before it decides to wait.
+            await store.append("a-1", _batch("a-1", 1), expected=NO_STREAM)
+        return result
+
+    store.reader.run = run
+    await store.append("b-0", _batch("b-0", 1), expected=NO_STREAM)  # filtered out: only wakes the group
+    event = await asyncio.wait_for(first, 5)
+    assert event.stream == "a-1"
+    await consumer.close()
     await store.close()

@@ -246,7 +246,11 @@ class _Group:
                 self._dispatch()
                 await self._maybe_checkpoint()
                 delay = self._next_deadline()
-                if self.cursor >= store.notifier.head and (
+                if self.cursor < store.notifier.head and len(self.outstanding) < self._capacity():
+                    # Commits landed while the page was read (or it was all filtered out): read on
+                    # at once; no commit is coming to wake us for those.
+                    self.wake.set()
+                elif self.cursor >= store.notifier.head and (
                     self._head_waiter is None or self._head_waiter.done()
                 ):
                     self._head_waiter = store.notifier.waiter(self.cursor)
