@@ -171,6 +171,9 @@ class Engine:
                 self._supervise("timer-projection", self.timer_projection.run), name="engine-timers"
             ),
             asyncio.create_task(self._supervise("timer-firer", self.firer.run), name="engine-firer"),
+            asyncio.create_task(
+                self._supervise("subscription-stats", self._subscription_stats), name="engine-sub-stats"
+            ),
         ]
 
     def _timers_applied(self, _: object) -> None:
@@ -191,6 +194,15 @@ class Engine:
                 log.exception("engine_task_failed", task=name)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _subscription_stats(self, interval: float = 5.0) -> None:
+        """Export the group's in-flight and parked counts (the store knows them; Prometheus asks us)."""
+        group = self.settings.group
+        while True:
+            info = await self.store.get_subscription_info(group)
+            self.metrics.subscription_in_flight.labels(group).set(info.in_flight)
+            self.metrics.subscription_parked.labels(group).set(info.parked)
+            await asyncio.sleep(interval)
 
     async def _consume(self) -> None:
         subscription = await self.store.read_subscription(self.settings.group)

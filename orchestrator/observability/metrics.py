@@ -58,6 +58,18 @@ class EngineMetrics:
         self.timers_pending = Gauge(
             "saga_engine_timers_pending", "Pending timers in this process's timer index", registry=r
         )
+        self.subscription_in_flight = Gauge(
+            "saga_subscription_in_flight",
+            "Deliveries of the persistent subscription group not yet acked (whole group)",
+            ["group"],
+            registry=r,
+        )
+        self.subscription_parked = Gauge(
+            "saga_subscription_parked",
+            "Parked messages of the persistent subscription group",
+            ["group"],
+            registry=r,
+        )
         self.internal_errors = Counter(
             "saga_engine_internal_errors_total",
             "Exceptions in our own engine code while handling a saga (the saga is suspended)",

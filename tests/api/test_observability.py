@@ -25,6 +25,10 @@ async def test_metrics_exposition(api: Api) -> None:
     text = await response.text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert "saga_step_duration_seconds" in families
+    assert "saga_timer_fire_lag_seconds" in families
+    # The engine exports its group's in-flight and parked counts (first refresh at start-up).
+    assert families["saga_subscription_in_flight"].samples[0].labels == {"group": "orchestrator"}
+    assert "saga_subscription_parked" in families
     http = families["saga_http_request_duration_seconds"]
     labels = {(s.labels["method"], s.labels["route"], s.labels["status"]) for s in http.samples}
     assert ("POST", "/api/v1/sagas/instances", "201") in labels
