@@ -89,3 +89,18 @@ def test_the_outcome_table_matches_the_domain() -> None:
         for status in statuses:
             assert classify_http_status(status, Phase.ACTION) is _KINDS[action], (status, "action")
             assert classify_http_status(status, Phase.COMPENSATION) is _KINDS[compensation], status
+
+
+def test_the_production_environment_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    block = _block("bash", "SAGA_EVENT_STORE__URL")
+    for line in block.splitlines():
+        if line.startswith("export "):
+            name, _, value = shlex.split(line.removeprefix("export "), comments=True)[0].partition("=")
+            monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.event_store.url.startswith("esdb://")
+    assert settings.redis.url == "redis://redis:6379/0"
+    assert settings.demo.enabled == "off"
+    assert sorted(settings.services) == ["inventory-service", "order-service", "payment-service"]
