@@ -146,7 +146,8 @@ async def test_sigkilled_engine_recovers_every_saga(tmp_path: Path) -> None:
     assert proc.stdout is not None
     assert "stopped" in proc.stdout.read()
     proc.stdout.close()
-    await participants.server.close()  # type: ignore[union-attr]
+    assert participants.server is not None
+    await participants.server.close()
 
     histories = await _histories(tmp_path)
     assert len(histories) == SAGAS

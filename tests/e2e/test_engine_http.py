@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from orchestrator.domain.vocabulary import ManualCommand, SagaStatus
+from orchestrator.eventstore import RecordedEvent
 from tests.e2e.conftest import Harness, seed_definition
 
 FORWARD = [("order-service", "validate"), ("inventory-service", "reserve"), ("payment-service", "charge")]
 
 
-def _events(history: list, type_: str) -> list[dict]:  # type: ignore[type-arg]
+def _events(history: list[RecordedEvent], type_: str) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in history if e.type == type_]
 
 

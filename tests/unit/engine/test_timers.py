@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_a_failed_apply_changes_nothing(tmp_path: Path) -> None:
     class Boom(Exception):
         pass
 
-    def changes():  # type: ignore[no-untyped-def]
+    def changes() -> Iterator[TimerChange]:
         yield TimerChange("t2", "saga-2", 11.0)
         raise Boom
 
