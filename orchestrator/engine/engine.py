@@ -22,7 +22,7 @@ from typing import Protocol
 
 import structlog
 
-from orchestrator.domain.state import SagaState
+from orchestrator.domain.state import SagaState, is_terminal
 from orchestrator.domain.timing import Tuning
 from orchestrator.engine.actor import Hint, Message, SagaActor, Wake
 from orchestrator.engine.calls import CallResult, StepCall
@@ -72,6 +72,7 @@ class Engine:
         self._actors: dict[str, SagaActor] = {}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._states: OrderedDict[str, tuple[SagaState, int]] = OrderedDict()
+        self._finished: OrderedDict[str, int] = OrderedDict()
         self._state_cache_size = state_cache_size
         self._calls: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,10 +101,23 @@ class Engine:
 
     def cached_decided(self, stream: str) -> int:
         entry = self._states.get(stream)
-        return entry[1] if entry is not None else -1
+        if entry is not None:
+            return entry[1]
+        return self._finished.get(stream, -1)
 
     def remember(self, stream: str, state: SagaState, decided: int) -> None:
-        """Cache a saga's state and the revision up to which its actor has decided what was due."""
+        """Cache a saga's state and the revision up to which its actor has decided what was due.
+
+        A finished saga keeps only that revision (a small int): its last events still come back as
+        deliveries, and they must not cost a fold, but its state is never needed again.
+        """
+        if is_terminal(state):
+            self._states.pop(stream, None)
+            self._finished[stream] = decided
+            self._finished.move_to_end(stream)
+            while len(self._finished) > 16 * self._state_cache_size:
+                self._finished.popitem(last=False)
+            return
         self._states[stream] = (state, decided)
         self._states.move_to_end(stream)
         while len(self._states) > self._state_cache_size:
@@ -111,6 +125,7 @@ class Engine:
 
     def forget(self, stream: str) -> None:
         self._states.pop(stream, None)
+        self._finished.pop(stream, None)
 
     def calls_started(self, task: asyncio.Task[None]) -> None:
         self._calls.add(task)

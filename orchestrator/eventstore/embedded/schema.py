@@ -57,13 +57,15 @@ WRITER_PRAGMAS = (
     # When SQLite restarts the WAL after a checkpoint it truncates the file to this size.
     "PRAGMA journal_size_limit=16777216",
     "PRAGMA temp_store=MEMORY",
-    "PRAGMA cache_size=-65536",
+    # Bounded page caches (KiB): the OS page cache holds the file anyway; these only keep hot pages
+    # (the tail of `events`, the stream index) in-process without growing RSS with the database.
+    "PRAGMA cache_size=-16384",
     "PRAGMA busy_timeout=5000",
 )
 
 READER_PRAGMAS = (
     "PRAGMA query_only=1",
-    "PRAGMA cache_size=-32768",
+    "PRAGMA cache_size=-8192",
     "PRAGMA busy_timeout=5000",
 )
 
