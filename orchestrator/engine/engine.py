@@ -115,7 +115,7 @@ class Engine:
             self._states.pop(stream, None)
             self._finished[stream] = decided
             self._finished.move_to_end(stream)
-            while len(self._finished) > 16 * self._state_cache_size:
+            while len(self._finished) > 4 * self._state_cache_size:
                 self._finished.popitem(last=False)
             return
         self._states[stream] = (state, decided)
