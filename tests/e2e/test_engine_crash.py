@@ -39,12 +39,23 @@ class FlakyParticipants:
         self.results: dict[str, int] = {}
         self.tombstones: set[str] = set()
         self.server: TestServer | None = None
+        self._waiting: tuple[int, asyncio.Event] | None = None
+
+    async def until_calls(self, count: int) -> None:
+        """Return once ``count`` calls in all have arrived."""
+        reached = asyncio.Event()
+        self._waiting = (count, reached)
+        if len(self.calls) >= count:
+            reached.set()
+        await reached.wait()
 
     async def handle(self, request: web.Request) -> web.Response:
         service, action = request.match_info["service"], request.match_info["action"]
         key = request.headers["Idempotency-Key"]
         body = await request.read()
         self.calls.append((service, action, key, int(request.headers["X-Saga-Attempt"]), body))
+        if self._waiting is not None and len(self.calls) >= self._waiting[0]:
+            self._waiting[1].set()
         roll = self.random.random()
         if roll < 0.15:
             return web.json_response({"error": "busy"}, status=503)
@@ -122,7 +133,8 @@ async def test_sigkilled_engine_recovers_every_saga(tmp_path: Path) -> None:
     for _ in range(4):
         proc = _spawn(tmp_path, participants.urls())
         await _ready(proc)
-        await asyncio.sleep(chaos.uniform(0.2, 1.2))  # let it get somewhere, then kill it mid-flight
+        # Kill it mid-flight: after a random number of further calls reached the participants.
+        await asyncio.wait_for(participants.until_calls(len(participants.calls) + chaos.randint(20, 150)), 30)
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 30)
         assert proc.stdout is not None
