@@ -275,9 +275,12 @@ class _Group:
             return
         after, flt = self.cursor, self.filter
         page = min(room, max(self.settings.read_batch_size, 100))
-        events, scanned = await self.manager.store.reader.run(
-            lambda c: Reader.read_all_page(c, after, head, flt, page)
-        )
+        hit = self.manager.store.notifier.recent(after, head, flt, page)
+        if hit is None:
+            hit = await self.manager.store.reader.run(
+                lambda c: Reader.read_all_page(c, after, head, flt, page)
+            )
+        events, scanned = hit
         if self.cursor != after:
             return  # the group was reset meanwhile (e.g. deleted); drop the page
         self.cursor = scanned

@@ -8,6 +8,7 @@ to switch between: no event can be missed or repeated when the subscriber catche
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator
@@ -28,16 +29,50 @@ if TYPE_CHECKING:
     from orchestrator.eventstore.embedded.store import EmbeddedEventStore
 
 
+#: the most recent committed events kept in memory for in-process subscribers
+RECENT_EVENTS = 8192
+_NO_FILTER = EventFilter()
+
+
 class Notifier:
-    """The committed head, published by the writer on the loop, and the subscribers waiting for it."""
+    """The committed head, published by the writer on the loop, the subscribers waiting for it, and the
+    most recent committed events (so live subscribers need not read back what was just written)."""
 
     def __init__(self, head: int) -> None:
         self.head = head
         self._all: set[asyncio.Future[None]] = set()
         self._streams: dict[str, set[asyncio.Future[None]]] = {}
         self.closed = False
+        # Contiguous positions, oldest first: every committed position is published, in commit order.
+        self._recent: deque[RecordedEvent] = deque(maxlen=RECENT_EVENTS)
 
-    def publish(self, head: int, streams: frozenset[str]) -> None:
+    def recent(
+        self, after: int, upto: int, flt: EventFilter | None, limit: int
+    ) -> tuple[list[RecordedEvent], int] | None:
+        """Like ``Reader.read_all_page`` from memory, or None when ``after`` is older than what is kept."""
+        recent = self._recent
+        if not recent or after >= upto:
+            return None
+        first = recent[0].position.commit
+        if after + 1 < first:
+            return None
+        matches = (flt or _NO_FILTER).matches
+        out: list[RecordedEvent] = []
+        scanned = after
+        for event in itertools.islice(recent, after + 1 - first, None):
+            position = event.position.commit
+            if position > upto:
+                break
+            scanned = position
+            if matches(event.stream, event.type):
+                out.append(event)
+                if len(out) == limit:
+                    break
+        return out, scanned
+
+    def publish(self, head: int, streams: frozenset[str], events: list[RecordedEvent] | None = None) -> None:
+        if events:
+            self._recent.extend(events)
         self.head = max(self.head, head)
         waiters, self._all = self._all, set()
         for name in streams:
@@ -136,9 +171,10 @@ class AllSubscription(_Base):
         head = self._store.notifier.head
         if self._cursor < head:
             cursor, flt, page = self._cursor, self._filter, self._page
-            events, scanned = await self._store.reader.run(
-                lambda c: Reader.read_all_page(c, cursor, head, flt, page)
-            )
+            hit = self._store.notifier.recent(cursor, head, flt, page)
+            if hit is None:
+                hit = await self._store.reader.run(lambda c: Reader.read_all_page(c, cursor, head, flt, page))
+            events, scanned = hit
             self._cursor = scanned
             self._buffer.extend(events)
             if events:

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from orchestrator.eventstore.types import (
     Expected,
     NewEvent,
     Position,
+    RecordedEvent,
     StreamState,
 )
 
@@ -95,7 +97,8 @@ class _Call:
 
 
 Request = _Append | _SetMetadata | _Tombstone | _Call
-Published = Callable[[int, frozenset[str]], None]
+#: (new head, streams touched, the events committed in position order) — called on the loop, in commit order
+Published = Callable[[int, frozenset[str], list[RecordedEvent]], None]
 
 
 class Writer:
@@ -126,6 +129,8 @@ class Writer:
         #: streams changed by the group being written (the cache may evict, this may not)
         self._touched: dict[str, _Stream] = {}
         self._group_appends = self._group_events = self._group_bytes = 0
+        self._group_recorded: list[RecordedEvent] = []
+        self._group_time = datetime.now(UTC)
         self._wal_pending = 0
         self._page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
         self._thread = threading.Thread(target=self._run, name="eventstore-writer", daemon=True)
@@ -185,8 +190,10 @@ class Writer:
         results: list[tuple[asyncio.Future[Any], Any]] = []
         touched = self._touched = {}
         self._group_appends = self._group_events = self._group_bytes = 0
+        self._group_recorded = []
         head_before = self.head
         now_us = max(time.time_ns() // 1000, self._last_time_us)
+        self._group_time = datetime.fromtimestamp(now_us / 1_000_000, UTC)
         rows: list[tuple[Any, ...]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -206,6 +213,7 @@ class Writer:
             error = OperationalError(f"embedded store write failed: {e}")
             error.__cause__ = e
             self._resolve_later([(fut, error) for _, fut in group], None, frozenset())
+            self._group_recorded = []
             return
         self._last_time_us = now_us
         self.stats.commits += 1
@@ -214,8 +222,13 @@ class Writer:
         self.stats.events += self._group_events
         self.stats.grouped_requests += len(group)
         self._maybe_checkpoint(self._group_bytes)
+        committed, self._group_recorded = self._group_recorded, []
         self._resolve_later(
-            results, self.head if self.head != head_before else None, frozenset(touched), self.stats.commits
+            results,
+            self.head if self.head != head_before else None,
+            frozenset(touched),
+            self.stats.commits,
+            committed,
         )
 
     def _resolve_later(
@@ -224,6 +237,7 @@ class Writer:
         new_head: int | None,
         streams: frozenset[str],
         commit_seq: int | None = None,
+        committed: list[RecordedEvent] | None = None,
     ) -> None:
         def resolve() -> None:
             if commit_seq is not None:
@@ -233,7 +247,7 @@ class Writer:
                 self.stats.acked_commit = commit_seq
                 self.stats.acked_groups += 1
             if new_head is not None:
-                self._publish(new_head, streams)
+                self._publish(new_head, streams, committed or [])
             for fut, value in results:
                 if fut.done():
                     continue
@@ -334,6 +348,20 @@ class Writer:
         first_revision = stream.last_revision + 1
         for i, event in enumerate(req.events):
             self.head += 1
+            # Handed to in-process subscribers after the commit, so they need not read it back.
+            self._group_recorded.append(
+                RecordedEvent(
+                    event.id,
+                    event.type,
+                    event.data,
+                    event.metadata,
+                    req.stream,
+                    first_revision + i,
+                    Position(self.head),
+                    self._group_time,
+                    event.content_type,
+                )
+            )
             rows.append(
                 (
                     self.head,
