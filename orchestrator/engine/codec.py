@@ -71,19 +71,23 @@ def to_new_events(
     nonce: str | None = None,
 ) -> list[NewEvent]:
     items: list[tuple[str, bytes, bytes]] = []
+    metadata: dict[int, bytes] = {}  # by schema version: the rest of the metadata is the append's
     for event in events:
         type_name, schema, data = encode_json(event)
-        meta = {
-            "tenant": envelope.tenant,
-            "$correlationId": envelope.correlation_id,
-            "$causationId": envelope.causation_id,
-            "actor": envelope.actor,
-            "traceparent": envelope.traceparent,
-            "schema": str(schema),
-        }
-        if nonce is not None:
-            meta["nonce"] = nonce
-        items.append((type_name, data, _json(meta)))
+        meta = metadata.get(schema)
+        if meta is None:
+            fields = {
+                "tenant": envelope.tenant,
+                "$correlationId": envelope.correlation_id,
+                "$causationId": envelope.causation_id,
+                "actor": envelope.actor,
+                "traceparent": envelope.traceparent,
+                "schema": str(schema),
+            }
+            if nonce is not None:
+                fields["nonce"] = nonce
+            meta = metadata[schema] = _json(fields)
+        items.append((type_name, data, meta))
     return new_events(stream, expected, items)
 
 

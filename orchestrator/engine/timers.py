@@ -67,18 +67,21 @@ class TimerIndex:
     ) -> None:
         """Forget every timer of ``reset_streams``, apply ``changes`` and record ``position``, in one
         transaction."""
+        # Each change is absolute (armed at a time, or cleared), so the last one per timer wins; that lets
+        # the batch go in as two executemany calls instead of a statement per change.
+        final: dict[str, TimerChange] = {}
+        for change in changes:
+            final[change.timer_id] = change
+        cleared = [(c.timer_id,) for c in final.values() if c.due_at is None]
+        armed = [(c.timer_id, c.stream, c.due_at) for c in final.values() if c.due_at is not None]
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("DELETE FROM timers WHERE stream = ?", [(s,) for s in reset_streams])
-            for change in changes:
-                if change.due_at is None:
-                    conn.execute("DELETE FROM timers WHERE timer_id = ?", (change.timer_id,))
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO timers (timer_id, stream, due_at) VALUES (?, ?, ?)",
-                        (change.timer_id, change.stream, change.due_at),
-                    )
+            conn.executemany("DELETE FROM timers WHERE timer_id = ?", cleared)
+            conn.executemany(
+                "INSERT OR REPLACE INTO timers (timer_id, stream, due_at) VALUES (?, ?, ?)", armed
+            )
             conn.execute(
                 "INSERT OR REPLACE INTO position (id, commit_position) VALUES (0, ?)", (position.commit,)
             )
