@@ -209,10 +209,13 @@ async def closed_loop(rig: Rig, inflight: int, seconds: float, context: dict[str
     stop_at = time.perf_counter() + seconds
 
     async def client() -> None:
-        while time.perf_counter() < stop_at:
+        # At least one saga per client, however late the client starts (a loaded machine, --quick).
+        while True:
             ending, latency = await rig.one(context)
             latencies.append(latency)
             endings[ending] = endings.get(ending, 0) + 1
+            if time.perf_counter() >= stop_at:
+                return
 
     cpu0, t0 = _cpu(), time.perf_counter()
     await asyncio.gather(*(client() for _ in range(inflight)))
