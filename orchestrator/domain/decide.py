@@ -111,8 +111,12 @@ def advance(
         commands = react(current, now, tuning)
         if not commands:
             return Plan(events, calls, current)
-        for command in commands:
-            produced = decide(current, command, now, tuning)
+        for index, command in enumerate(commands):
+            if index == 0 and not isinstance(command, FireTimer):
+                # react() just said this is due on exactly this state: no need to ask it again.
+                produced = [_intent(command)]
+            else:
+                produced = decide(current, command, now, tuning)
             current = apply(current, produced, now)
             events.extend(produced)
             if isinstance(command, StartStep | StartCompensationStep) and produced:
