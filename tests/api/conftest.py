@@ -31,6 +31,7 @@ from orchestrator.observability.metrics import EngineMetrics
 from orchestrator.settings import AuthSettings, EngineSettings, ServerSettings, ServiceConfig, Settings
 from tests.e2e.participants import Participants
 from tests.redis_fixtures import redis_prefix, redis_server, redis_url
+from tests.seed import seed_definition
 
 __all__ = ["redis_prefix", "redis_server", "redis_url"]
 
@@ -41,55 +42,12 @@ DEFINITIONS = "/api/v1/sagas/definitions"
 INSTANCES = "/api/v1/sagas/instances"
 WAITING = {"SagaCompleted", "SagaCompensated", "SagaDeadLettered", "SagaSuspended"}
 
-#: the brief's curl payloads, exactly as written there
-SEED_DEFINITION = """{
-    "name": "order-processing",
-    "version": "1.0.0",
-    "steps": [
-      {
-        "name": "validate-order",
-        "service": "order-service",
-        "action": "validate",
-        "compensation": "cancel-validation",
-        "timeout": 30000,
-        "retries": 3
-      },
-      {
-        "name": "reserve-inventory",
-        "service": "inventory-service",<SP>
-        "action": "reserve",
-        "compensation": "release-reservation",
-        "timeout": 15000,
-        "retries": 2
-      },
-      {
-        "name": "process-payment",
-        "service": "payment-service",
-        "action": "charge",
-        "compensation": "refund",
-        "timeout": 45000,
-        "retries": 1
-      }
-    ]
-  }""".replace("<SP>", " ")  # the brief has a trailing space there; kept, spelled out for the linter
-SEED_START = """{
-    "saga_name": "order-processing",
-    "context": {
-      "order_id": "order-123",
-      "customer_id": "customer-456",
-      "amount": 99.99
-    }
-  }"""
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def fast_definition(name: str = "fast-order", **overrides: Any) -> dict[str, Any]:
     """The seed's steps with fast retries (failure paths must not wait seconds between attempts)."""
-    definition: dict[str, Any] = json.loads(SEED_DEFINITION)
-    definition["name"] = name
-    definition["retry"] = {"initial_interval": 20, "max_interval": 100, "multiplier": 2.0}
-    definition.update(overrides)
-    return definition
+    return seed_definition(name=name, **overrides)
 
 
 @dataclass

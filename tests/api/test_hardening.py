@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.api.conftest import DEFINITIONS, INSTANCES, SEED_DEFINITION, Api, ApiFactory, fields, problem
+from tests.api.conftest import DEFINITIONS, INSTANCES, Api, ApiFactory, fields, problem
+from tests.seed import SEED_DEFINITION
 
 DEEP = "[" * 65 + "]" * 65
 CASES = [

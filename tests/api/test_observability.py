@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from tests.api.conftest import INSTANCES, SEED_DEFINITION, SEED_START, Api, problem
+from tests.api.conftest import INSTANCES, Api, problem
+from tests.seed import SEED_DEFINITION, SEED_START
 
 
 async def test_metrics_exposition(api: Api) -> None:

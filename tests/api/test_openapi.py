@@ -19,7 +19,8 @@ from schemathesis.checks import (
 )
 
 from orchestrator.api.app import ROUTES
-from tests.api.conftest import HAVE_PROJECTOR, NO_PROJECTOR, SEED_DEFINITION, SEED_START, Api, ApiFactory
+from tests.api.conftest import HAVE_PROJECTOR, NO_PROJECTOR, Api, ApiFactory
+from tests.seed import SEED_DEFINITION, SEED_START
 
 CHECKS = [
     not_a_server_error,

@@ -10,14 +10,13 @@ from orchestrator.eventstore.types import Position
 from tests.api.conftest import (
     DEFINITIONS,
     INSTANCES,
-    SEED_DEFINITION,
-    SEED_START,
     Api,
     ApiFactory,
     fast_definition,
     fields,
     problem,
 )
+from tests.seed import SEED_DEFINITION, SEED_START
 
 READS = [
     DEFINITIONS,

@@ -9,12 +9,11 @@ from typing import Any
 from tests.api.conftest import (
     DEFINITIONS,
     INSTANCES,
-    SEED_DEFINITION,
-    SEED_START,
     Api,
     fields,
     problem,
 )
+from tests.seed import SEED_DEFINITION, SEED_START
 
 
 async def test_seed_definition_created_then_same_then_changed(api: Api) -> None:

@@ -11,7 +11,8 @@ from orchestrator.api.stream import Feed
 from orchestrator.engine.commands import saga_stream
 from orchestrator.eventstore.ids import new_events
 from orchestrator.eventstore.types import NO_STREAM
-from tests.api.conftest import INSTANCES, SEED_DEFINITION, SEED_START, Api, ApiFactory, fields, problem
+from tests.api.conftest import INSTANCES, Api, ApiFactory, fields, problem
+from tests.seed import SEED_DEFINITION, SEED_START
 
 
 def parse(text: str) -> tuple[list[dict[str, Any]], list[str]]:

@@ -12,13 +12,12 @@ from tests.api.conftest import (
     HAVE_PROJECTOR,
     INSTANCES,
     NO_PROJECTOR,
-    SEED_DEFINITION,
-    SEED_START,
     Api,
     ApiFactory,
     fast_definition,
     problem,
 )
+from tests.seed import SEED_DEFINITION, SEED_START
 
 ACME = {"X-Tenant-Id": "acme", "X-Actor": "alice"}
 GLOBEX = {"X-Tenant-Id": "globex", "X-Actor": "bob"}

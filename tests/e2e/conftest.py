@@ -18,48 +18,12 @@ from orchestrator.eventstore import RecordedEvent
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.settings import EngineSettings, ServiceConfig
 from tests.e2e.participants import Participants
+from tests.seed import seed_definition
 
 SERVICES = ("order-service", "inventory-service", "payment-service")
 #: the engine's tuning for the settings the harness uses (kick 500 ms, slack 300 + 200 ms acquire cap)
 TUNING = Tuning(kick_ms=500, attempt_slack_ms=500)
 WAITING = {"SagaCompleted", "SagaCompensated", "SagaDeadLettered", "SagaSuspended"}
-
-
-def seed_definition(**overrides: Any) -> dict[str, Any]:
-    """The brief's order-processing definition, with fast retries so tests stay short."""
-    definition: dict[str, Any] = {
-        "name": "order-processing",
-        "version": "1.0.0",
-        "retry": {"initial_interval": 20, "max_interval": 100, "multiplier": 2.0},
-        "steps": [
-            {
-                "name": "validate-order",
-                "service": "order-service",
-                "action": "validate",
-                "compensation": "cancel-validation",
-                "timeout": 30000,
-                "retries": 3,
-            },
-            {
-                "name": "reserve-inventory",
-                "service": "inventory-service",
-                "action": "reserve",
-                "compensation": "release-reservation",
-                "timeout": 15000,
-                "retries": 2,
-            },
-            {
-                "name": "process-payment",
-                "service": "payment-service",
-                "action": "charge",
-                "compensation": "refund",
-                "timeout": 45000,
-                "retries": 1,
-            },
-        ],
-    }
-    definition.update(overrides)
-    return definition
 
 
 @dataclass

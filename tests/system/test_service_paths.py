@@ -12,23 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.seed import SEED_DEFINITION
 from tests.system.service import ROOT, Service, curl, running_service
 from tests.system.test_quickstart import _until_status
 
-DEFINITION = json.dumps(
-    {
-        "name": "order-processing",
-        "version": "1.0.0",
-        "steps": [
-            {"name": "validate-order", "service": "order-service", "action": "validate",
-             "compensation": "cancel-validation", "timeout": 30000, "retries": 3},
-            {"name": "reserve-inventory", "service": "inventory-service", "action": "reserve",
-             "compensation": "release-reservation", "timeout": 15000, "retries": 2},
-            {"name": "process-payment", "service": "payment-service", "action": "charge",
-             "compensation": "refund", "timeout": 45000, "retries": 1},
-        ],
-    }
-)  # fmt: skip
+DEFINITION = SEED_DEFINITION
 
 
 async def _start(service: Service, demo: dict[str, str], order: str) -> str:

@@ -22,40 +22,12 @@ from orchestrator.domain import (
     parse_definition,
     start,
 )
+from tests.seed import SEED_DEFINITION
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-# The user's brief (seed.md), byte for byte (\x20 is the trailing space the brief has on that line).
-SEED_JSON = """{
-    "name": "order-processing",
-    "version": "1.0.0",
-    "steps": [
-      {
-        "name": "validate-order",
-        "service": "order-service",
-        "action": "validate",
-        "compensation": "cancel-validation",
-        "timeout": 30000,
-        "retries": 3
-      },
-      {
-        "name": "reserve-inventory",
-        "service": "inventory-service",\x20
-        "action": "reserve",
-        "compensation": "release-reservation",
-        "timeout": 15000,
-        "retries": 2
-      },
-      {
-        "name": "process-payment",
-        "service": "payment-service",
-        "action": "charge",
-        "compensation": "refund",
-        "timeout": 45000,
-        "retries": 1
-      }
-    ]
-  }"""
+# The user's brief (seed.md), byte for byte.
+SEED_JSON = SEED_DEFINITION
 
 CONTEXT = {"order_id": "order-123", "customer_id": "customer-456", "amount": 99.99}
 V, R, P = "validate-order", "reserve-inventory", "process-payment"
