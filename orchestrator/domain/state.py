@@ -219,22 +219,7 @@ def evolve(state: SagaState, event: Event, recorded_at: datetime) -> SagaState:
         case SagaStarted():
             raise UnreadableHistory("SagaStarted after the start of the stream")
         case StepStarted():
-            due = recorded_at + timedelta(milliseconds=event.deadline_ms)
-            # Starting an intent is the re-evaluation a pending kick asked for.
-            timers = _drop(s.timers, kinds={TimerKind.RETRY}, step=event.step)
-            timers = _drop(timers, kinds={TimerKind.KICK})
-            timers = _arm(s.saga_id, timers, TimerKind.ATTEMPT_DEADLINE, event.step, event.attempt, due)
-            call = replace(
-                s.steps[event.step].action,
-                status=CallStatus.RUNNING,
-                attempt=event.attempt,
-                generation=event.generation,
-                idempotency_key=event.idempotency_key,
-                deadline_at=due,
-                retry_at=None,
-                retry_fired=False,
-            )
-            return _with_action(replace(s, timers=timers), event.step, call)
+            return _call_started(s, event, recorded_at, compensation=False)
         case StepSucceeded():
             step = s.steps[event.step]
             call = replace(step.action, recorded=step.action.recorded | {event.attempt})
@@ -267,21 +252,7 @@ def evolve(state: SagaState, event: Event, recorded_at: datetime) -> SagaState:
             timers = _drop(s.timers, kinds={TimerKind.RETRY, TimerKind.SAGA_DEADLINE})
             return replace(s, status=SagaStatus.COMPENSATING, reason=event.reason, steps=steps, timers=timers)
         case CompensationStepStarted():
-            due = recorded_at + timedelta(milliseconds=event.deadline_ms)
-            timers = _drop(s.timers, kinds={TimerKind.COMPENSATION_RETRY}, step=event.step)
-            timers = _drop(timers, kinds={TimerKind.KICK})
-            timers = _arm(s.saga_id, timers, TimerKind.COMPENSATION_DEADLINE, event.step, event.attempt, due)
-            call = replace(
-                s.steps[event.step].compensation,
-                status=CallStatus.RUNNING,
-                attempt=event.attempt,
-                generation=event.generation,
-                idempotency_key=event.idempotency_key,
-                deadline_at=due,
-                retry_at=None,
-                retry_fired=False,
-            )
-            return _with_compensation(replace(s, timers=timers), event.step, call)
+            return _call_started(s, event, recorded_at, compensation=True)
         case CompensationStepSucceeded():
             comp = s.steps[event.step].compensation
             comp = replace(comp, recorded=comp.recorded | {event.attempt})
@@ -383,6 +354,32 @@ def _arm_kick(state: SagaState, kick_ms: int | None, recorded_at: datetime) -> d
         state.revision,
         recorded_at + timedelta(milliseconds=kick_ms),
     )
+
+
+def _call_started(
+    s: SagaState, event: StepStarted | CompensationStepStarted, recorded_at: datetime, *, compensation: bool
+) -> SagaState:
+    """An intent of either phase: its call runs, with a deadline timer, and its retry timer is spent."""
+    due = recorded_at + timedelta(milliseconds=event.deadline_ms)
+    retry = TimerKind.COMPENSATION_RETRY if compensation else TimerKind.RETRY
+    deadline = TimerKind.COMPENSATION_DEADLINE if compensation else TimerKind.ATTEMPT_DEADLINE
+    # Starting an intent is the re-evaluation a pending kick asked for.
+    timers = _drop(s.timers, kinds={retry}, step=event.step)
+    timers = _drop(timers, kinds={TimerKind.KICK})
+    timers = _arm(s.saga_id, timers, deadline, event.step, event.attempt, due)
+    step = s.steps[event.step]
+    call = replace(
+        step.compensation if compensation else step.action,
+        status=CallStatus.RUNNING,
+        attempt=event.attempt,
+        generation=event.generation,
+        idempotency_key=event.idempotency_key,
+        deadline_at=due,
+        retry_at=None,
+        retry_fired=False,
+    )
+    with_call = _with_compensation if compensation else _with_action
+    return with_call(replace(s, timers=timers), event.step, call)
 
 
 def _with_action(state: SagaState, name: str, call: CallState) -> SagaState:
