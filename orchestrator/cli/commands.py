@@ -25,7 +25,7 @@ class CliError(Exception):
 def _base_url(settings: Settings, url: str | None) -> str:
     if url:
         return url.rstrip("/")
-    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - comparing, not binding
     return f"http://{host}:{settings.server.port}"
 
 

@@ -14,7 +14,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from orchestrator.domain.events import (
     CompensationStepStarted,
@@ -23,14 +22,11 @@ from orchestrator.domain.events import (
     decode,
     encode_json,
 )
+from orchestrator.domain.requests import canonical_bytes
 from orchestrator.eventstore.ids import new_events
 from orchestrator.eventstore.types import Expected, NewEvent, RecordedEvent
 
 SAGA_STREAM_PREFIX = "saga-"
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +82,7 @@ def to_new_events(
             }
             if nonce is not None:
                 fields["nonce"] = nonce
-            meta = metadata[schema] = _json(fields)
+            meta = metadata[schema] = canonical_bytes(fields)
         items.append((type_name, data, meta))
     return new_events(stream, expected, items)
 

@@ -29,6 +29,7 @@ from orchestrator.domain.definitions import (
 )
 from orchestrator.domain.errors import DefinitionError, DomainConflict
 from orchestrator.domain.events import SagaStarted
+from orchestrator.domain.requests import canonical_bytes
 from orchestrator.domain.state import SagaState, fold
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.versions import latest_version
@@ -115,13 +116,9 @@ def definition_stream(tenant: str, name: str) -> str:
     return f"{DEFINITION_STREAM_PREFIX}{uuid.uuid5(_NAMESPACE, f'{tenant}|{name}')}"
 
 
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def start_request_hash(name: str, version: str | None, context: dict[str, Any]) -> str:
     """What "the same start request" means: definition name, version as given (or absent), context."""
-    return hashlib.sha256(_canonical({"name": name, "version": version, "context": context})).hexdigest()
+    return hashlib.sha256(canonical_bytes({"name": name, "version": version, "context": context})).hexdigest()
 
 
 class SagaCommands:
@@ -181,7 +178,7 @@ class SagaCommands:
             for recorded in events:
                 data = json.loads(recorded.data)
                 if recorded.type == DEFINITION_REGISTERED and data["version"] == definition.version:
-                    if _canonical(data["definition"]) == body:
+                    if canonical_bytes(data["definition"]) == body:
                         return Registered(definition, False, recorded.position)
                     raise Conflict(
                         f"definition {definition.name!r} version {definition.version!r} already exists"
@@ -196,7 +193,9 @@ class SagaCommands:
             }
             meta = {"tenant": tenant, "actor": actor, "schema": "1"}
             expected: Expected = events[-1].revision if events else NO_STREAM
-            new = new_events(stream, expected, [(DEFINITION_REGISTERED, _canonical(data), _canonical(meta))])
+            new = new_events(
+                stream, expected, [(DEFINITION_REGISTERED, canonical_bytes(data), canonical_bytes(meta))]
+            )
             try:
                 result = await self._store.append(stream, new, expected=expected)
             except WrongExpectedRevision:
@@ -316,5 +315,5 @@ class SagaCommands:
 def _with_meta(event: NewEvent, **extra: str) -> NewEvent:
     meta = json.loads(event.metadata)
     meta.update(extra)
-    body = _canonical(meta)
+    body = canonical_bytes(meta)
     return NewEvent(event_id("", NO_STREAM, 0, event.type, event.data, body), event.type, event.data, body)
