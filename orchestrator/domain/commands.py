@@ -39,6 +39,8 @@ class StartCompensationStep:
     generation: int
     idempotency_key: str
     action_idempotency_key: str
+    #: every action key (one per generation) under which an effect may exist, oldest first
+    action_idempotency_keys: tuple[str, ...]
     service: str
     action: str
     body: bytes
@@ -95,6 +97,8 @@ class StepOutcome:
     retry_after_ms: int | None = None
     # The request may have been applied (read timeout or reset after sending): compensate it on rollback.
     outcome_unknown: bool = False
+    # The engine never sent the request (its send window closed first): not counted against the retries.
+    withheld: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from orchestrator.domain.interventions import decide_intervention
 from orchestrator.domain.react import DEFAULT_TUNING, react, rollback_reason
 from orchestrator.domain.state import (
     DEADLINE_PASSED,
+    FREE_WITHHELD_ATTEMPTS,
+    CallState,
     SagaState,
     evolve,
     is_terminal,
@@ -179,6 +181,7 @@ def _intent(
                 command.action_idempotency_key,
                 command.request_hash,
                 command.deadline_ms,
+                command.action_idempotency_keys,
             )
         case CompleteSaga():
             return SagaCompleted()
@@ -263,7 +266,9 @@ def _action_outcome(state: SagaState, o: StepOutcome, late: bool, tuning: Tuning
                 StepFailed(o.step, f"rejected: {o.error_class}", possibly_effective),
             ]
         case OutcomeKind.TRANSIENT:
-            return _action_failure(state, o.step, o.detail, o.error_class, unknown, o.retry_after_ms, tuning)
+            return _action_failure(
+                state, o.step, o.detail, o.error_class, unknown, o.retry_after_ms, tuning, o.withheld
+            )
         case OutcomeKind.MISCONFIGURED | OutcomeKind.CRASHED:
             return [
                 StepAttemptFailed(o.step, o.attempt, o.error_class, o.detail, False, unknown, None),
@@ -294,7 +299,7 @@ def _compensation_outcome(state: SagaState, o: StepOutcome, late: bool, tuning: 
             ]
         case OutcomeKind.TRANSIENT:
             return _compensation_failure(
-                state, o.step, o.detail, o.error_class, unknown, o.retry_after_ms, tuning
+                state, o.step, o.detail, o.error_class, unknown, o.retry_after_ms, tuning, o.withheld
             )
         case OutcomeKind.MISCONFIGURED | OutcomeKind.CRASHED:
             return [
@@ -320,28 +325,34 @@ def _action_failure(
     unknown: bool,
     retry_after_ms: int | None,
     tuning: Tuning,
+    withheld: bool = False,
 ) -> list[Event]:
     """A transient failure (or a passed deadline) of the current attempt: retry, or give the step up."""
     spec = state.definition.step(step)
     st = state.steps[step]
     call = st.action
+    used = _attempts_used(call, withheld)
     # After the pivot there is no way back, so retriable steps retry without limit (capped backoff).
-    budget_left = spec.kind == "retriable" or call.attempts_in_budget < spec.retries + 1
+    budget_left = spec.kind == "retriable" or used < spec.retries + 1
     rolling_back = phase(state) is not SagaStatus.RUNNING or rollback_reason(state) is not None
     if budget_left and not rolling_back:
         delay = retry_delay_ms(
             spec.retry, state.saga_id, step, "action", call.attempt, retry_after_ms, tuning
         )
-        return [StepAttemptFailed(step, call.attempt, error_class, detail, True, unknown, delay)]
-    why = (
-        "not retried while the saga rolls back"
-        if budget_left
-        else f"gave up after {call.attempts_in_budget} attempt(s)"
-    )
+        return [
+            StepAttemptFailed(step, call.attempt, error_class, detail, True, unknown, delay, False, withheld)
+        ]
+    why = "not retried while the saga rolls back" if budget_left else f"gave up after {used} attempt(s)"
     return [
-        StepAttemptFailed(step, call.attempt, error_class, detail, True, unknown, None),
+        StepAttemptFailed(step, call.attempt, error_class, detail, True, unknown, None, False, withheld),
         StepFailed(step, f"{why}: {error_class}", st.possibly_effective or unknown),
     ]
+
+
+def _attempts_used(call: CallState, withheld: bool) -> int:
+    """The budget used once the current attempt is counted (a withheld one may be free)."""
+    free = min(call.withheld + (1 if withheld else 0), FREE_WITHHELD_ATTEMPTS)
+    return call.attempt - call.budget_base - free
 
 
 def _compensation_failure(
@@ -352,17 +363,23 @@ def _compensation_failure(
     unknown: bool,
     retry_after_ms: int | None,
     tuning: Tuning,
+    withheld: bool = False,
 ) -> list[Event]:
     spec = state.definition.step(step)
     comp = state.steps[step].compensation
-    if comp.attempts_in_budget < spec.compensation_retries + 1:
+    used = _attempts_used(comp, withheld)
+    if used < spec.compensation_retries + 1:
         delay = retry_delay_ms(
             spec.retry, state.saga_id, step, "compensation", comp.attempt, retry_after_ms, tuning
         )
-        return [CompensationStepAttemptFailed(step, comp.attempt, error_class, detail, True, unknown, delay)]
+        return [
+            CompensationStepAttemptFailed(
+                step, comp.attempt, error_class, detail, True, unknown, delay, False, withheld
+            )
+        ]
     return [
-        CompensationStepAttemptFailed(step, comp.attempt, error_class, detail, True, unknown, None),
-        CompensationStepFailed(
-            step, f"gave up after {comp.attempts_in_budget} attempt(s): {error_class}", False
+        CompensationStepAttemptFailed(
+            step, comp.attempt, error_class, detail, True, unknown, None, False, withheld
         ),
+        CompensationStepFailed(step, f"gave up after {used} attempt(s): {error_class}", False),
     ]

@@ -61,6 +61,8 @@ class StepAttemptFailed:
     outcome_unknown: bool
     retry_in_ms: int | None
     late: bool = False
+    # The engine never sent it (its send window closed first): it does not use up the retry budget.
+    withheld: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class CompensationStepStarted:
     action_idempotency_key: str
     request_hash: str
     deadline_ms: int
+    # Every action key (one per generation) whose effect this compensation undoes; the newest is
+    # ``action_idempotency_key``. Empty in histories written before generations were tracked.
+    action_idempotency_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class CompensationStepAttemptFailed:
     outcome_unknown: bool
     retry_in_ms: int | None
     late: bool = False
+    withheld: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ INTERVENTION_TABLE: Mapping[tuple[SagaStatus, ManualCommand], tuple[str, ...]] =
 INTERVENTION_CONDITIONS: Mapping[ManualCommand, str] = {
     ManualCommand.RETRY: (
         "409 when no step (or not the named step) is failed or blocked; the targets get a new idempotency"
-        " key (generation) and a fresh retry budget; the saga returns to the phase it stopped in"
+        " key (generation) and a fresh retry budget; the saga returns to the phase it stopped in; a step"
+        " that may have taken effect under its current key is retried only when named (else 409)"
     ),
     ManualCommand.SKIP: (
         "409 when nothing is failed or blocked, or the target is the pivot; forward: the step counts as"
@@ -83,6 +84,12 @@ def decide_intervention(state: SagaState, command: Intervene, tuning: Tuning) ->
         ]
     targets = _targets(state, command, forward)
     if cmd in (ManualCommand.RETRY, ManualCommand.SKIP) and not targets:
+        held = _held_back(state) if cmd is ManualCommand.RETRY and forward else []
+        if held:
+            raise DomainConflict(
+                f"step(s) {', '.join(map(repr, held))} may have taken effect under the current key: resume"
+                " asks again under that key; a retry names the step to run it under a new key"
+            )
         raise DomainConflict(f"nothing to {cmd}: no step is failed or blocked")
     pivot = state.definition.pivot
     if cmd is ManualCommand.SKIP and forward and pivot is not None and pivot.name in targets:
@@ -124,17 +131,34 @@ def _abort(state: SagaState, command: Intervene, tuning: Tuning) -> SagaAbortReq
     )
 
 
+def _current_key_may_be_effective(state: SagaState, name: str) -> bool:
+    st = state.steps[name]
+    return st.action.idempotency_key is not None and st.action.idempotency_key in st.effective_keys
+
+
+def _held_back(state: SagaState) -> list[str]:
+    stuck = (CallStatus.BLOCKED, CallStatus.FAILED)
+    return [
+        s.name
+        for s in state.definition.steps
+        if state.steps[s.name].action.status in stuck and _current_key_may_be_effective(state, s.name)
+    ]
+
+
 def _targets(state: SagaState, command: Intervene, forward: bool) -> tuple[str, ...]:
     stuck = (CallStatus.BLOCKED, CallStatus.FAILED)
     if forward:
         candidates = [s.name for s in state.definition.steps if state.steps[s.name].action.status in stuck]
         # A failed compensatable step leads to compensation once the saga continues, so only an explicit
-        # request retries it; blocked steps, the pivot and retriable steps are what stopped the saga.
+        # request retries it; blocked steps, the pivot and retriable steps are what stopped the saga. A step
+        # whose current key may have taken effect is never a default target: a retry runs it under a new
+        # key, which can do it twice (for the pivot: charge twice), so that takes the person naming it.
         default = [
             s.name
             for s in state.definition.steps
             if s.name in candidates
             and (state.steps[s.name].action.status is CallStatus.BLOCKED or s.kind != "compensatable")
+            and not (command.command is ManualCommand.RETRY and _current_key_may_be_effective(state, s.name))
         ]
     else:
         candidates = [

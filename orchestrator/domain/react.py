@@ -154,10 +154,14 @@ def start_step_command(state: SagaState, spec: StepSpec, tuning: Tuning) -> Star
 def start_compensation_command(state: SagaState, spec: StepSpec, tuning: Tuning) -> StartCompensationStep:
     st = state.steps[spec.name]
     comp = st.compensation
-    action_key = st.action.idempotency_key or idempotency_key(
-        state.tenant, state.saga_id, spec.name, Phase.ACTION, st.action.generation
+    # Every generation that may have taken effect is undone, not only the newest (a person's retry
+    # starts a new generation while the earlier one's effect may exist).
+    action_keys = st.effective_keys or (
+        st.action.idempotency_key
+        or idempotency_key(state.tenant, state.saga_id, spec.name, Phase.ACTION, st.action.generation),
     )
-    body = compensation_body(state.saga_id, spec.name, state.context, action_key)
+    action_key = action_keys[-1]
+    body = compensation_body(state.saga_id, spec.name, state.context, action_keys)
     if spec.compensation is None:
         raise InvalidMessage(f"step {spec.name!r} has no compensation")
     return StartCompensationStep(
@@ -168,6 +172,7 @@ def start_compensation_command(state: SagaState, spec: StepSpec, tuning: Tuning)
             state.tenant, state.saga_id, spec.name, Phase.COMPENSATION, comp.generation
         ),
         action_idempotency_key=action_key,
+        action_idempotency_keys=action_keys,
         service=spec.service,
         action=spec.compensation,
         body=body,

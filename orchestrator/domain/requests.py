@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.domain.vocabulary import Phase
@@ -34,8 +35,16 @@ def action_body(saga_id: str, step: str, step_input: Any) -> bytes:
     return canonical_bytes({"saga_id": saga_id, "step": step, "input": step_input})
 
 
-def compensation_body(saga_id: str, step: str, step_input: Any, action_key: str) -> bytes:
-    # The action's key lets the participant find what to undo, or leave a tombstone if it never arrived.
+def compensation_body(saga_id: str, step: str, step_input: Any, action_keys: Sequence[str]) -> bytes:
+    """The action keys let the participant find what to undo, or leave a tombstone for a key that never
+    arrived. ``action_idempotency_keys`` names every generation that may have taken effect (oldest first);
+    ``action_idempotency_key`` is the newest of them, for participants that know only one key."""
     return canonical_bytes(
-        {"saga_id": saga_id, "step": step, "input": step_input, "action_idempotency_key": action_key}
+        {
+            "saga_id": saga_id,
+            "step": step,
+            "input": step_input,
+            "action_idempotency_key": action_keys[-1],
+            "action_idempotency_keys": list(action_keys),
+        }
     )

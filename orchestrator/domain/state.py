@@ -70,6 +70,9 @@ def replace(obj: _V, **changes: Any) -> _V:
 # The error class of the StepAttemptFailed that records a passed attempt deadline (not an observed outcome,
 # so a response that arrives later is still recorded, as "late").
 DEADLINE_PASSED = "deadline_passed"
+#: withheld attempts per retry budget that do not count against it (beyond them, they do: a service whose
+#: pool never frees up must not be retried for ever)
+FREE_WITHHELD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +92,25 @@ class CallState:
     recorded: frozenset[int] = frozenset()
     timed_out: frozenset[int] = frozenset()
     last_error: str | None = None
+    # Attempts of the current budget that the engine itself withheld (never sent).
+    withheld: int = 0
+    # (first attempt, idempotency key) of each generation, oldest first: which key an attempt was sent under.
+    keys: tuple[tuple[int, str], ...] = ()
 
     @property
     def attempts_in_budget(self) -> int:
-        return self.attempt - self.budget_base
+        """Attempts that count against the retry budget: a withheld attempt never reached the participant,
+        so the first few of them are free (a slow append must not use up a step with ``retries: 0``)."""
+        return self.attempt - self.budget_base - min(self.withheld, FREE_WITHHELD_ATTEMPTS)
+
+    def key_of(self, attempt: int) -> str | None:
+        """The idempotency key attempt ``attempt`` was sent under."""
+        found = None
+        for first, key in self.keys:
+            if first > attempt:
+                break
+            found = key
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +121,9 @@ class StepState:
     output: Any = None
     # Succeeded, or some attempt's outcome is unknown: such a step is compensated on rollback.
     possibly_effective: bool = False
+    # The action keys (one per generation, oldest first) under which an effect may exist: a compensation
+    # must undo every one of them, not only the newest generation's.
+    effective_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,20 +248,26 @@ def evolve(state: SagaState, event: Event, recorded_at: datetime) -> SagaState:
             if call.status not in (CallStatus.SUCCEEDED, CallStatus.SKIPPED):
                 call, output = replace(call, status=CallStatus.SUCCEEDED, retry_at=None), event.output
             timers = _drop(s.timers, kinds={TimerKind.ATTEMPT_DEADLINE, TimerKind.RETRY}, step=event.step)
-            new_step = replace(step, action=call, output=output, possibly_effective=True)
+            new_step = _maybe_effective(
+                replace(step, action=call, output=output), step.action.key_of(event.attempt)
+            )
             return replace(s, timers=timers, steps={**s.steps, event.step: new_step})
         case StepAttemptFailed():
             step = s.steps[event.step]
             call, timers = _attempt_failed(
                 s, step.action, event, TimerKind.ATTEMPT_DEADLINE, TimerKind.RETRY, recorded_at
             )
-            new_step = replace(
-                step, action=call, possibly_effective=step.possibly_effective or event.outcome_unknown
-            )
+            new_step = replace(step, action=call)
+            if event.outcome_unknown:
+                new_step = _maybe_effective(new_step, step.action.key_of(event.attempt))
             return replace(s, timers=timers, steps={**s.steps, event.step: new_step})
         case StepFailed():
-            call = replace(s.steps[event.step].action, status=CallStatus.FAILED, last_error=event.reason)
-            return _with_action(s, event.step, call)
+            step = s.steps[event.step]
+            call = replace(step.action, status=CallStatus.FAILED, last_error=event.reason)
+            new_step = replace(step, action=call)
+            if event.outcome_unknown and not step.effective_keys:
+                new_step = _maybe_effective(new_step, step.action.idempotency_key)
+            return replace(s, steps={**s.steps, event.step: new_step})
         case CompensationStarted():
             steps = dict(s.steps)
             for name, step in s.steps.items():
@@ -368,8 +395,13 @@ def _call_started(
     timers = _drop(timers, kinds={TimerKind.KICK})
     timers = _arm(s.saga_id, timers, deadline, event.step, event.attempt, due)
     step = s.steps[event.step]
+    before = step.compensation if compensation else step.action
+    keys = before.keys
+    if not keys or keys[-1][1] != event.idempotency_key:
+        keys = (*keys, (event.attempt, event.idempotency_key))
     call = replace(
-        step.compensation if compensation else step.action,
+        before,
+        keys=keys,
         status=CallStatus.RUNNING,
         attempt=event.attempt,
         generation=event.generation,
@@ -380,6 +412,14 @@ def _call_started(
     )
     with_call = _with_compensation if compensation else _with_action
     return with_call(replace(s, timers=timers), event.step, call)
+
+
+def _maybe_effective(step: StepState, key: str | None) -> StepState:
+    """The step may have taken effect under ``key``: it is compensated on rollback, under every such key."""
+    keys = step.effective_keys
+    if key is not None and key not in keys:
+        keys = (*keys, key)
+    return replace(step, possibly_effective=True, effective_keys=keys)
 
 
 def _with_action(state: SagaState, name: str, call: CallState) -> SagaState:
@@ -406,6 +446,8 @@ def _attempt_failed(
         call = replace(call, recorded=call.recorded | {event.attempt})
     if event.late:
         return call, timers
+    if event.withheld:
+        call = replace(call, withheld=call.withheld + 1)
     if event.retry_in_ms is not None:
         due = recorded_at + timedelta(milliseconds=event.retry_in_ms)
         timers = _arm(state.saga_id, timers, retry_kind, event.step, event.attempt + 1, due)
@@ -448,6 +490,7 @@ def _reset(call: CallState, *, new_generation: bool) -> CallState:
         status=CallStatus.IDLE,
         generation=call.generation + 1 if new_generation else call.generation,
         budget_base=call.attempt,
+        withheld=0,
         retry_at=None,
         retry_fired=False,
     )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from orchestrator import failpoints
 from orchestrator.domain.commands import StartCompensationStep, StartStep, StepOutcome, Suspend
 from orchestrator.domain.decide import Plan, advance, apply, decide
 from orchestrator.domain.errors import DomainConflict, UnreadableHistory
@@ -41,6 +42,9 @@ log = structlog.get_logger("orchestrator.engine")
 _RESENDS = 5
 #: re-decisions after losing a slot before the batch is left to the next wake-up
 _REDECIDE = 20
+#: while outcomes wait for the store, the actor tries again after this long, doubling up to the cap
+_RETRY_FIRST_S = 0.05
+_RETRY_CAP_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +71,6 @@ Message = Hint | Outcome | Wake
 
 
 def to_step_outcome(call: StepCall, result: CallResult) -> StepOutcome:
-    # An answer that never came after the request may have left: the step's effect is unknown.
-    unknown = result.kind is OutcomeKind.TRANSIENT and result.status is None and not result.not_sent
     return StepOutcome(
         step=call.step,
         attempt=call.attempt,
@@ -78,7 +80,8 @@ def to_step_outcome(call: StepCall, result: CallResult) -> StepOutcome:
         error_class=result.error or "",
         detail=(result.detail or "")[:512],
         retry_after_ms=None if result.retry_after is None else int(result.retry_after * 1000),
-        outcome_unknown=unknown or result.kind is OutcomeKind.CRASHED,
+        outcome_unknown=result.maybe_effective or result.kind is OutcomeKind.CRASHED,
+        withheld=result.withheld,
     )
 
 
@@ -95,6 +98,10 @@ class SagaActor:
         #: the revision at which this actor last asked the core what is due (and appended it): a hint
         #: for a revision at or below it carries no news
         self._decided = engine.cached_decided(stream)
+        #: observed outcomes the store has not taken yet, oldest first: owned here until they are durable
+        #: (design.md §0.3), whatever the store does meanwhile
+        self._unrecorded: list[Outcome] = []
+        self._retry_in = _RETRY_FIRST_S
 
     def post(self, message: Message) -> None:
         self._mailbox.append(message)
@@ -102,42 +109,67 @@ class SagaActor:
 
     @property
     def idle(self) -> bool:
-        return not self._mailbox and not self.calls
+        return not self._mailbox and not self.calls and not self._unrecorded
+
+    @property
+    def unrecorded(self) -> int:
+        """Observed outcomes still waiting for the store."""
+        return len(self._unrecorded)
 
     async def run(self) -> None:
         try:
             while True:
                 if not self._mailbox:
+                    if self._unrecorded:
+                        await self._wait(self._retry_in)
+                        if not self._mailbox:
+                            await self._handle([])
+                        continue
                     if not self.calls:
                         return
-                    self._wake.clear()
-                    await self._wake.wait()
+                    await self._wait(None)
                     continue
                 batch = list(self._mailbox)
                 self._mailbox.clear()
                 await self._handle(batch)
         finally:
+            if self._unrecorded:
+                # Only a stopping engine leaves them: their attempts' deadlines will record them as unknown.
+                log.warning("outcomes_not_recorded", stream=self.stream, count=len(self._unrecorded))
+            self.engine.outcomes_waiting(self, False)
             self.engine.actor_finished(self)
+
+    async def _wait(self, seconds: float | None) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     # --- one batch ----------------------------------------------------------------------------------------
     async def _handle(self, batch: list[Message]) -> None:
         hints = [m for m in batch if isinstance(m, Hint)]
-        outcomes = [m for m in batch if isinstance(m, Outcome)]
+        fresh = [m for m in batch if isinstance(m, Outcome)]
         wakes = [m for m in batch if isinstance(m, Wake)]
+        for outcome in fresh:
+            self._observe(outcome)
+        outcomes = self._unrecorded + fresh
+        self._unrecorded = []
         if hints:
             self._causation = str(hints[-1].event.id)
         if not outcomes and not wakes and all(h.event.revision <= self._decided for h in hints):
             for hint in hints:
                 await hint.ack()
             return
+        recorded = 0
         try:
             state = self.state
             if state is None or wakes or any(h.event.revision > state.revision for h in hints):
                 await self._refresh()
             if self.state is not None:
                 for outcome in outcomes:
-                    self._observe(outcome)
                     await self._append_plan(outcome.outcome)
+                    recorded += 1
+                    failpoints.hit("actor.after_outcome")
                 await self._append_plan(None)
                 self._decided = self.state.revision if self.state is not None else -1
                 self._fire_lag(wakes)
@@ -149,9 +181,14 @@ class SagaActor:
             self.state = None
             self.engine.forget(self.stream)
         except (OperationalError, _GaveUp) as e:
-            # The store is unavailable or contended: leave the deliveries unacked; they come back, and the
-            # saga's pending timers bring it back too.
-            log.warning("saga_batch_deferred", stream=self.stream, error=str(e))
+            # The store is unavailable or contended. Deliveries stay unacked (they come back, and the
+            # saga's pending timers bring it back too), but an observed outcome exists nowhere else: keep
+            # it and try again, in order, until the store takes it. While the store is unavailable the
+            # engine takes no new work (backpressure), so what waits here stays bounded.
+            self._defer(outcomes[recorded:], unavailable=isinstance(e, OperationalError))
+            log.warning(
+                "saga_batch_deferred", stream=self.stream, error=str(e), outcomes=len(self._unrecorded)
+            )
             self.state = None
             self._decided = -1
             return
@@ -159,10 +196,18 @@ class SagaActor:
             self.engine.metrics.internal_errors.inc()
             log.exception("saga_internal_error", stream=self.stream)
             await self._suspend_for(e)
+        self._retry_in = _RETRY_FIRST_S
+        self.engine.outcomes_waiting(self, False)
         if self.state is not None:
             self.engine.remember(self.stream, self.state, self._decided)
         for hint in hints:
             await hint.ack()
+
+    def _defer(self, outcomes: list[Outcome], *, unavailable: bool) -> None:
+        self._unrecorded = outcomes
+        if outcomes:
+            self._retry_in = min(self._retry_in * 2, _RETRY_CAP_S)
+        self.engine.outcomes_waiting(self, bool(outcomes) and unavailable)
 
     async def _refresh(self) -> None:
         """Bring the folded state up to the stream head (incrementally when a state is cached)."""
@@ -224,6 +269,8 @@ class SagaActor:
                 return
             if await self._append(state, plan):
                 self.state = plan.state if plan.state is not None else apply(state, plan.events, now)
+                if plan.calls:
+                    failpoints.hit("actor.after_intent")
                 self._launch(plan, mono)
                 return
             self.engine.metrics.append_conflicts.inc()
@@ -278,7 +325,10 @@ class SagaActor:
             result = await self.engine.executor.call(call)
         except Exception as e:  # our own bug: the saga is suspended, never compensated
             log.exception("executor_error", stream=self.stream, step=call.step)
-            result = CallResult(OutcomeKind.CRASHED, None, error="internal", detail=repr(e))
+            result = CallResult(
+                OutcomeKind.CRASHED, None, error="internal", detail=repr(e), maybe_effective=True
+            )
+        failpoints.hit("actor.after_call")
         self.post(Outcome(to_step_outcome(call, result), call.service, time.monotonic() - started))
 
     async def _suspend_for(self, error: Exception) -> None:

@@ -66,3 +66,10 @@ class CallResult:
     retry_after: float | None = None
     #: True when no byte of the request can have reached the participant
     not_sent: bool = False
+    #: not sent because of the engine itself (the attempt's send window closed, or no pooled connection
+    #: came in time), not because the participant was unreachable: the attempt does not use up a retry
+    withheld: bool = False
+    #: True when the participant may have carried the request out although no success was read (a
+    #: timeout or reset after sending, a 2xx whose body is unusable, a gateway's 502/504): the step must
+    #: then be compensated on rollback
+    maybe_effective: bool = False

@@ -75,6 +75,10 @@ class Engine:
         self._finished: OrderedDict[str, int] = OrderedDict()
         self._state_cache_size = state_cache_size
         self._calls: set[asyncio.Task[None]] = set()
+        #: sagas whose actors hold outcomes the store refused; while any do, no new saga is taken on
+        self._waiting_for_store: set[str] = set()
+        self._store_taking = asyncio.Event()
+        self._store_taking.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: PersistentSubscription | None = None
         self._index: TimerIndex | None = None
@@ -137,6 +141,17 @@ class Engine:
 
         task.add_done_callback(done)
 
+    def outcomes_waiting(self, actor: SagaActor, waiting: bool) -> None:
+        """An actor holds outcomes the store refused (``waiting``), or no longer does."""
+        if waiting:
+            self._waiting_for_store.add(actor.stream)
+            self._store_taking.clear()
+        else:
+            self._waiting_for_store.discard(actor.stream)
+            if not self._waiting_for_store:
+                self._store_taking.set()
+        self.metrics.sagas_waiting_for_store.set(len(self._waiting_for_store))
+
     def actor_finished(self, actor: SagaActor) -> None:
         if self._actors.get(actor.stream) is actor:
             del self._actors[actor.stream]
@@ -147,6 +162,9 @@ class Engine:
         """Hand ``message`` to the saga's actor, creating one (waiting for a free slot) if needed."""
         actor = self._actors.get(stream)
         if actor is None:
+            # Backpressure: while observed outcomes wait for the store, take on no new saga (they would
+            # only pile up more outcomes); the sagas already here go on and get their outcomes in first.
+            await self._store_taking.wait()
             await self._slots.acquire()
             actor = self._actors.get(stream)  # another task may have created it meanwhile
             if actor is not None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from orchestrator.domain.outcomes import may_have_taken_effect
 from orchestrator.engine.calls import CallResult, OutcomeKind, Phase, StepCall, classify
 from orchestrator.settings import ServiceConfig
 
@@ -40,6 +41,18 @@ def parse_retry_after(value: str | None, cap: float, now: datetime | None = None
         when = when.replace(tzinfo=UTC)
     delta = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(delta, 0.0), cap)
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to ``limit`` bytes. ``read(n)`` returns what has arrived so far, which for a larger body
+    is only its first chunks: read until the end or the limit."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 class _Service:
@@ -85,7 +98,12 @@ class HttpExecutor:
                 await service.slots.acquire()
         except TimeoutError:
             return CallResult(
-                OutcomeKind.TRANSIENT, None, error="pool_exhausted", detail=call.service, not_sent=True
+                OutcomeKind.TRANSIENT,
+                None,
+                error="pool_exhausted",
+                detail=call.service,
+                not_sent=True,
+                withheld=True,
             )
         try:
             return await self._send(service, call)
@@ -97,7 +115,9 @@ class HttpExecutor:
         remaining = call.send_deadline - time.monotonic()
         # Never send past the deadline: the next attempt may already be allowed to start after it.
         if remaining <= call.timeout * 0.05:
-            return CallResult(OutcomeKind.TRANSIENT, None, error="not_sent", detail="deadline", not_sent=True)
+            return CallResult(
+                OutcomeKind.TRANSIENT, None, error="not_sent", detail="deadline", not_sent=True, withheld=True
+            )
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": call.idempotency_key,
@@ -117,16 +137,19 @@ class HttpExecutor:
             async with service.session.post(
                 url, data=call.body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                body = await response.content.read(MAX_OUTPUT_BYTES + 1)
+                body = await _read_capped(response.content, MAX_OUTPUT_BYTES + 1)
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), config.max_retry_after_s)
         except TimeoutError:
-            return CallResult(OutcomeKind.TRANSIENT, None, error="timeout", detail=url)
+            return CallResult(OutcomeKind.TRANSIENT, None, error="timeout", detail=url, maybe_effective=True)
         except aiohttp.ClientConnectorError as e:
             # The connection was never established: nothing reached the participant.
             return CallResult(OutcomeKind.TRANSIENT, None, error="connection", detail=str(e), not_sent=True)
         except (aiohttp.ClientError, OSError) as e:
-            return CallResult(OutcomeKind.TRANSIENT, None, error="connection", detail=str(e))
+            # Connected, so the request may have been read and carried out before the connection broke.
+            return CallResult(
+                OutcomeKind.TRANSIENT, None, error="connection", detail=str(e), maybe_effective=True
+            )
         kind = classify(status, call.phase, config.outcomes)
         if kind is not OutcomeKind.SUCCEEDED:
             return CallResult(
@@ -135,18 +158,31 @@ class HttpExecutor:
                 error=f"http_{status}",
                 detail=body[:512].decode(errors="replace"),
                 retry_after=retry_after,
+                maybe_effective=call.phase is Phase.ACTION and may_have_taken_effect(status),
             )
         if call.phase is Phase.COMPENSATION:
             return CallResult(OutcomeKind.SUCCEEDED, status)  # a compensation's answer body is not used
+        # From here on the participant said it did it: an unusable body suspends the saga (a contract
+        # error), but the effect exists and a rollback must undo it.
         if len(body) > MAX_OUTPUT_BYTES:
-            return CallResult(OutcomeKind.MISCONFIGURED, status, error="output_too_large", detail=url)
+            return CallResult(
+                OutcomeKind.MISCONFIGURED,
+                status,
+                error="output_too_large",
+                detail=f"{url}: 2xx body over {MAX_OUTPUT_BYTES} bytes",
+                maybe_effective=True,
+            )
         if not body.strip():
             return CallResult(OutcomeKind.SUCCEEDED, status, output=None)
         try:
             output = json.loads(body)
         except ValueError:
             return CallResult(
-                OutcomeKind.MISCONFIGURED, status, error="bad_output", detail="2xx body is not JSON"
+                OutcomeKind.MISCONFIGURED,
+                status,
+                error="bad_output",
+                detail="2xx body is not JSON",
+                maybe_effective=True,
             )
         return CallResult(OutcomeKind.SUCCEEDED, status, output=output)
 

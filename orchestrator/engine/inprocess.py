@@ -3,12 +3,16 @@
 They follow the same rules as HTTP participants: the callable gets the attempt's byte-identical request
 (parsed) and its idempotency key; it returns the output (JSON-able) for success, raises
 :class:`StepRejected` for a business rejection or :class:`StepTransient` for "try again"; any other
-exception is a bug in our own code and suspends the saga (never compensation).
+exception is a bug in our own code and suspends the saga (never compensation). As over HTTP, a call is not
+started past its attempt's send deadline, and one that outlasts the step timeout is abandoned with its
+effect unknown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,11 +68,20 @@ class InProcessExecutor:
                 detail=f"{call.service}/{call.action}",
                 not_sent=True,
             )
+        if call.send_deadline - time.monotonic() <= call.timeout * 0.05:
+            return CallResult(
+                OutcomeKind.TRANSIENT, None, error="not_sent", detail="deadline", not_sent=True, withheld=True
+            )
         request = InProcessRequest(
             call.saga_id, call.tenant, call.step, call.attempt, call.idempotency_key, json.loads(call.body)
         )
         try:
-            output = await handler(request)
+            async with asyncio.timeout(call.timeout):
+                output = await handler(request)
+        except TimeoutError:
+            return CallResult(
+                OutcomeKind.TRANSIENT, None, error="timeout", detail=call.action, maybe_effective=True
+            )
         except StepRejected as e:
             return CallResult(OutcomeKind.REJECTED, None, error="rejected", detail=str(e))
         except StepTransient as e:
@@ -76,5 +89,7 @@ class InProcessExecutor:
                 OutcomeKind.TRANSIENT, None, error="transient", detail=str(e), retry_after=e.retry_after
             )
         except Exception as e:
-            return CallResult(OutcomeKind.CRASHED, None, error="internal", detail=repr(e))
+            return CallResult(
+                OutcomeKind.CRASHED, None, error="internal", detail=repr(e), maybe_effective=True
+            )
         return CallResult(OutcomeKind.SUCCEEDED, 200, output=output)

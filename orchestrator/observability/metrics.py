@@ -55,6 +55,12 @@ class EngineMetrics:
         self.calls_in_flight = Gauge(
             "saga_engine_calls_in_flight", "Step calls in flight in this process", registry=r
         )
+        self.sagas_waiting_for_store = Gauge(
+            "saga_engine_sagas_waiting_for_store",
+            "Sagas holding observed outcomes the event store has not taken yet (while above 0 the engine"
+            " takes no new deliveries)",
+            registry=r,
+        )
         self.timers_pending = Gauge(
             "saga_engine_timers_pending", "Pending timers in this process's timer index", registry=r
         )

@@ -87,7 +87,7 @@ async def undo(
     context: Any = CONTEXT,
     saga: str = "s-1",
 ) -> Reply:
-    return await post(client, f"/{service}/{op}", compensation_body(saga, op, context, action_key), key)
+    return await post(client, f"/{service}/{op}", compensation_body(saga, op, context, [action_key]), key)
 
 
 async def state(client: Client, saga_id: str | None = None) -> Any:

@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from orchestrator.engine.actor import to_step_outcome
 from orchestrator.engine.calls import OutcomeKind, Phase, StepCall, classify
-from orchestrator.engine.http_executor import HttpExecutor, parse_retry_after
+from orchestrator.engine.http_executor import MAX_OUTPUT_BYTES, HttpExecutor, parse_retry_after
 from orchestrator.settings import ServiceConfig
 
 
@@ -81,7 +82,13 @@ class Participant:
         if action == "reject":
             return web.json_response({"type": "declined"}, status=422)
         if action == "nojson":
-            return web.Response(text="ok", status=200)
+            return web.Response(text="charged OK", status=200)
+        if action == "big":
+            return web.json_response({"blob": "y" * (MAX_OUTPUT_BYTES - 100)})
+        if action == "huge":
+            return web.Response(body=b'"' + b"x" * MAX_OUTPUT_BYTES + b'"', status=200)
+        if action.startswith("status-"):
+            return web.Response(status=int(action.removeprefix("status-")))
         return web.json_response({"echo": json.loads(body)["step"]})
 
 
@@ -163,6 +170,58 @@ async def test_timeout_is_transient(participant: tuple[Participant, str]) -> Non
     result = await executor.call(_call("slow", timeout=0.2))
     await executor.close()
     assert (result.kind, result.error) == (OutcomeKind.TRANSIENT, "timeout")
+    assert result.maybe_effective  # the request left: the participant may have done it
+
+
+@pytest.mark.parametrize(
+    ("action", "kind", "error"),
+    [
+        ("nojson", OutcomeKind.MISCONFIGURED, "bad_output"),
+        ("huge", OutcomeKind.MISCONFIGURED, "output_too_large"),
+    ],
+)
+async def test_an_unusable_2xx_may_have_taken_effect(
+    participant: tuple[Participant, str], action: str, kind: OutcomeKind, error: str
+) -> None:
+    """Regression: a 2xx whose body is not JSON or too large suspended the saga as "no effect", so an
+    abort then skipped the refund. The participant said it did it: a rollback must undo it."""
+    _, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    result = await executor.call(_call(action))
+    await executor.close()
+    assert (result.kind, result.error) == (kind, error)
+    assert result.maybe_effective
+    outcome = to_step_outcome(_call(action), result)
+    assert outcome.outcome_unknown
+
+
+async def test_a_large_output_under_the_cap_is_read_whole(participant: tuple[Participant, str]) -> None:
+    """Regression: one ``read(n)`` returned only the chunks that had arrived, so a large valid body was
+    cut short and taken for "not JSON"."""
+    _, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    result = await executor.call(_call("big"))
+    await executor.close()
+    assert result.kind is OutcomeKind.SUCCEEDED
+    assert len(result.output["blob"]) == MAX_OUTPUT_BYTES - 100
+
+
+@pytest.mark.parametrize(
+    ("status", "maybe_effective"),
+    [(502, True), (504, True), (409, True), (503, False), (500, False), (429, False), (422, False)],
+)
+async def test_which_failed_answers_may_have_taken_effect(
+    participant: tuple[Participant, str], status: int, maybe_effective: bool
+) -> None:
+    """A gateway's 502/504 cannot know what the service behind it did; 409 means the same key is still in
+    flight. A 503, 429 or a business rejection says the participant did not do it."""
+    _, url = participant
+    executor = HttpExecutor({"inventory": ServiceConfig(base_url=url)})
+    result = await executor.call(_call(f"status-{status}"))
+    compensation = await executor.call(_call(f"status-{status}", phase=Phase.COMPENSATION))
+    await executor.close()
+    assert result.maybe_effective is maybe_effective
+    assert not compensation.maybe_effective
 
 
 async def test_connection_refused_is_transient_and_not_sent() -> None:
@@ -171,6 +230,7 @@ async def test_connection_refused_is_transient_and_not_sent() -> None:
     await executor.close()
     assert result.kind is OutcomeKind.TRANSIENT
     assert result.not_sent
+    assert not result.withheld  # the participant is down: each such attempt counts against the retries
 
 
 async def test_never_sends_past_the_deadline(participant: tuple[Participant, str]) -> None:
@@ -181,6 +241,8 @@ async def test_never_sends_past_the_deadline(participant: tuple[Participant, str
     result = await executor.call(late)
     await executor.close()
     assert result.not_sent
+    assert result.withheld  # the engine's own window closed: not a retry used up
+    assert not result.maybe_effective
     assert p.requests == []
 
 
@@ -194,6 +256,7 @@ async def test_a_full_pool_waits_at_most_the_acquire_cap(participant: tuple[Part
     await asyncio.wait_for(p.arrived.wait(), 5)  # the first call now holds the only slot
     second = await executor.call(_call("reserve"))
     assert (second.kind, second.error, second.not_sent) == (OutcomeKind.TRANSIENT, "pool_exhausted", True)
+    assert second.withheld
     assert (await first).kind is OutcomeKind.SUCCEEDED
     await executor.close()
     assert len(p.requests) == 1
