@@ -216,45 +216,54 @@ class DemoState:
     # --- compensations ---------------------------------------------------------------------------------
 
     def compensate(self, call: Call, switches: Switches) -> Answer:
-        """Undo the action named by ``action_idempotency_key``, or leave a tombstone if it never arrived."""
-        action_key = call.payload.get("action_idempotency_key")
-        if not isinstance(action_key, str) or not action_key:
+        """Undo every action the compensation names (``action_idempotency_keys``: each generation that may
+        have taken effect; ``action_idempotency_key`` alone from older engines), leaving a tombstone for
+        each that never arrived."""
+        keys = _action_keys(call.payload)
+        if not keys:
             return problem(
                 400,
                 "missing-action-key",
                 "Missing action_idempotency_key",
-                "a compensation must name the action it undoes in action_idempotency_key",
+                "a compensation must name the actions it undoes in action_idempotency_keys (or"
+                " action_idempotency_key)",
                 record=False,
             )
-        effect = self.effects[call.service].get(action_key)
-        if effect is None:
-            # Never arrived, still in flight, or refused: nothing to undo, and it must never take effect.
-            self.ledgers[call.service].tombstone(action_key, call.key)
-            return problem(
-                404,
-                "nothing-to-undo",
-                "Nothing to undo",
-                f"no effect recorded for {action_key}; a tombstone now refuses it if it arrives",
-                action_idempotency_key=action_key,
-            )
-        if effect.undone:
+        effects = self.effects[call.service]
+        to_undo = [effects[k] for k in keys if k in effects and not effects[k].undone]
+        for key in keys:
+            if key not in effects:
+                # Never arrived, still in flight, or refused: nothing to undo, and it must never take effect.
+                self.ledgers[call.service].tombstone(key, call.key)
+        if not to_undo:
+            if all(k not in effects for k in keys):
+                return problem(
+                    404,
+                    "nothing-to-undo",
+                    "Nothing to undo",
+                    f"no effect recorded for {', '.join(keys)}; a tombstone now refuses a late arrival",
+                    action_idempotency_keys=keys,
+                )
             return problem(
                 410,
                 "already-undone",
                 "Already undone",
-                f"the effect of {action_key} was undone by an earlier compensation",
-                action_idempotency_key=action_key,
+                f"the effects of {', '.join(keys)} were undone by an earlier compensation",
+                action_idempotency_keys=keys,
             )
         if switches.on(call.service, Mode.COMPENSATION_FAILS):
             return problem(
                 422,
                 "demo-cannot-compensate",
                 "Cannot compensate",
-                f"demo switch: {call.service} cannot undo {action_key}",
-                action_idempotency_key=action_key,
+                f"demo switch: {call.service} cannot undo {', '.join(keys)}",
+                action_idempotency_keys=keys,
             )
-        effect.undone = True
-        return ok(_UNDO[call.service](self, effect))
+        results = []
+        for effect in to_undo:
+            effect.undone = True
+            results.append(_UNDO[call.service](self, effect))
+        return ok(results[0] if len(results) == 1 else {"undone": results})
 
     def _cancel_validation(self, effect: Effect) -> dict[str, Any]:
         return {"validation_id": effect.id, "order_id": effect.order_id, "status": "cancelled"}
@@ -354,3 +363,15 @@ _UNDO: Mapping[str, Callable[[DemoState, Effect], dict[str, Any]]] = {
     "inventory-service": DemoState._release,
     "payment-service": DemoState._refund,
 }
+
+
+def _action_keys(payload: dict[str, Any]) -> list[str]:
+    """The action keys a compensation names, oldest first, without repeats."""
+    many = payload.get("action_idempotency_keys")
+    one = payload.get("action_idempotency_key")
+    named = many if isinstance(many, list) and many else [one]
+    keys: list[str] = []
+    for key in named:
+        if isinstance(key, str) and key and key not in keys:
+            keys.append(key)
+    return keys

@@ -45,6 +45,8 @@ _REDECIDE = 20
 #: while outcomes wait for the store, the actor tries again after this long, doubling up to the cap
 _RETRY_FIRST_S = 0.05
 _RETRY_CAP_S = 2.0
+#: an append acknowledged later than this after its plan was made is folded at the acknowledgement time
+_SLOW_APPEND_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +270,14 @@ class SagaActor:
             if not plan.events:
                 return
             if await self._append(state, plan):
-                self.state = plan.state if plan.state is not None else apply(state, plan.events, now)
+                acked = self.engine.clock()
+                if acked - now_s > _SLOW_APPEND_S or plan.state is None:
+                    # The store recorded these events when it committed them, after ``now``: fold them at
+                    # the acknowledgement instead, or deadlines (which count from the recorded time) would
+                    # look due early and a slow append would time out the attempt it just started.
+                    self.state = apply(state, plan.events, datetime.fromtimestamp(acked, UTC))
+                else:
+                    self.state = plan.state
                 if plan.calls:
                     failpoints.hit("actor.after_intent")
                 self._launch(plan, mono)

@@ -16,6 +16,7 @@ from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
 from orchestrator.eventstore import RecordedEvent
 from orchestrator.eventstore.embedded import EmbeddedEventStore
+from orchestrator.eventstore.port import EventStore
 from orchestrator.settings import EngineSettings, ServiceConfig
 from tests.e2e.participants import Participants
 from tests.seed import seed_definition
@@ -40,10 +41,11 @@ class Harness:
             s: ServiceConfig(base_url=self.participants.url(s), pool_acquire_timeout_ms=200) for s in SERVICES
         }
 
-    async def engine(self, **settings: Any) -> Engine:
+    async def engine(self, store: EventStore | None = None, **settings: Any) -> Engine:
+        """An engine on the harness's store, or on ``store`` (a fault-injecting wrapper around it)."""
         router = ExecutorRouter(http=HttpExecutor(self.services()))
         engine = Engine(
-            self.store,
+            store or self.store,
             router,
             settings=EngineSettings(**{"kick_ms": 500, "deadline_slack_ms": 300, **settings}),
             data_dir=self.data_dir / f"engine-{len(self.engines)}",

@@ -83,11 +83,12 @@ async def undo(
     service: str,
     op: str,
     key: str,
-    action_key: str,
+    action_key: str | list[str],
     context: Any = CONTEXT,
     saga: str = "s-1",
 ) -> Reply:
-    return await post(client, f"/{service}/{op}", compensation_body(saga, op, context, [action_key]), key)
+    keys = [action_key] if isinstance(action_key, str) else action_key
+    return await post(client, f"/{service}/{op}", compensation_body(saga, op, context, keys), key)
 
 
 async def state(client: Client, saga_id: str | None = None) -> Any:
@@ -178,7 +179,23 @@ async def test_compensating_an_unknown_action_answers_404(client: Client) -> Non
     ]:
         reply = await undo(client, service, op, f"u-{op}", action_key="never-sent")
         assert reply.status == 404, op
-        assert reply.json["action_idempotency_key"] == "never-sent"
+        assert reply.json["action_idempotency_keys"] == ["never-sent"]
+
+
+async def test_a_compensation_undoes_every_generation_it_names(client: Client) -> None:
+    """After a person's retry, the effects of both generations may exist: one compensation undoes both,
+    and leaves a tombstone for a named key that never arrived."""
+    await act(client, "payment-service", "charge", "gen-0")
+    await act(client, "payment-service", "charge", "gen-1")
+    refund = await undo(
+        client, "payment-service", "refund", "k-refund", action_key=["gen-0", "gen-1", "gen-2"]
+    )
+    assert refund.status == 200
+    assert [r["status"] for r in refund.json["undone"]] == ["refunded", "refunded"]
+    seen = await state(client)
+    assert seen["tombstones"]["payment-service"] == {"gen-2": "k-refund"}
+    late = await act(client, "payment-service", "charge", "gen-2")
+    assert late.status == 422
 
 
 async def test_a_compensation_undoes_the_effect_once(client: Client) -> None:
