@@ -9,8 +9,9 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from redis.exceptions import RedisError
 
@@ -41,6 +42,9 @@ MAX_LIMIT = 500
 #: completed sagas whose durations `counters` sums (the newest ones still retained)
 DURATION_SAMPLE = 10_000
 _STATUSES = frozenset((*PHASES, *PAUSES))
+#: reads again at most this many times when rebuilds keep switching the serving generation under a read
+_SWITCHES = 3
+_T = TypeVar("_T")
 
 
 def encode_cursor(score: float, member: str) -> str:
@@ -80,16 +84,31 @@ class ReadModels:
         self._views = views
         self._client = views.client
 
-    async def _key(self, logical: str) -> str | None:
+    async def _in_active(self, read: Callable[[int], Awaitable[_T]], empty: _T) -> _T:
+        """``read`` from the serving generation. A rebuild may switch generations while a read runs and
+        then delete the one it read (a saga would look missing): if the serving generation changed
+        meanwhile, read again from the new one."""
         generation = await self._views.active_generation()
-        return None if generation is None else self._views.key(generation, logical)
+        result = empty
+        for _ in range(_SWITCHES):
+            if generation is None:
+                return empty
+            result = await read(generation)
+            serving = await self._views.active_generation()
+            if serving == generation:
+                return result
+            generation = serving
+        return result
 
     async def saga(self, tenant: str, saga_id: str) -> SagaView | None:
-        key = await self._key(saga_key(tenant, saga_id))
-        if key is None:
-            return None
-        async with translated():
-            raw: dict[str, str] = await self._client.hgetall(key)  # type: ignore[misc]
+        async def read(generation: int) -> dict[str, str]:
+            async with translated():
+                raw: dict[str, str] = await self._client.hgetall(  # type: ignore[misc]
+                    self._views.key(generation, saga_key(tenant, saga_id))
+                )
+            return raw
+
+        raw: dict[str, str] = await self._in_active(read, {})
         view = assemble_saga(raw) if raw else None
         return view if view is not None and view.tenant == tenant else None
 
@@ -137,9 +156,25 @@ class ReadModels:
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_LIMIT}")
         bound = decode_cursor(cursor) if cursor is not None else None
-        generation = await self._views.active_generation()
-        if generation is None:
-            return Page[SagaSummary](items=[])
+
+        async def read(generation: int) -> list[tuple[SagaSummary, float]]:
+            return await self._rows(generation, logical, limit, bound, accept)
+
+        rows: list[tuple[SagaSummary, float]] = await self._in_active(read, [])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1][1], rows[-1][0].saga_id) if more else None
+        return Page[SagaSummary](items=[r for r, _ in rows], next_cursor=next_cursor)
+
+    async def _rows(
+        self,
+        generation: int,
+        logical: str,
+        limit: int,
+        bound: tuple[float, str] | None,
+        accept: Callable[[SagaSummary], bool] | None,
+    ) -> list[tuple[SagaSummary, float]]:
+        """Up to ``limit + 1`` accepted rows of one generation's index below the cursor ``bound``."""
         index = self._views.key(generation, logical)
         tenant = logical.split(":", 1)[0]
         rows: list[tuple[SagaSummary, float]] = []
@@ -168,22 +203,24 @@ class ReadModels:
                             rows.append((row, score))
                 if len(found) < batch:
                     break
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1][1], rows[-1][0].saga_id) if more else None
-        return Page[SagaSummary](items=[r for r, _ in rows], next_cursor=next_cursor)
+        return rows
 
     async def definitions(self, tenant: str) -> list[DefinitionSummary]:
         """The tenant's definitions by name; ``latest`` by semantic-version precedence."""
-        generation = await self._views.active_generation()
-        if generation is None:
-            return []
-        async with translated():
-            names = await self._client.zrange(self._views.key(generation, definitions_index(tenant)), 0, -1)
-            pipe = self._client.pipeline(transaction=False)
-            for name in names:
-                pipe.hgetall(self._views.key(generation, definition_key(tenant, name)))
-            versions = await pipe.execute()
+
+        async def read(generation: int) -> tuple[list[str], list[dict[str, str]]]:
+            async with translated():
+                names = await self._client.zrange(
+                    self._views.key(generation, definitions_index(tenant)), 0, -1
+                )
+                pipe = self._client.pipeline(transaction=False)
+                for name in names:
+                    pipe.hgetall(self._views.key(generation, definition_key(tenant, name)))
+                versions = await pipe.execute()
+            return names, versions
+
+        nothing: tuple[list[str], list[dict[str, str]]] = ([], [])
+        names, versions = await self._in_active(read, nothing)
         result: list[DefinitionSummary] = []
         for name, by_version in sorted(zip(names, versions, strict=True)):
             latest = latest_version(by_version)
@@ -200,10 +237,12 @@ class ReadModels:
         return result
 
     async def counters(self, tenant: str) -> SagaCounters:
-        generation = await self._views.active_generation()
-        if generation is None:
-            return SagaCounters()
+        async def read(generation: int) -> SagaCounters:
+            return await self._counters(generation, tenant)
 
+        return await self._in_active(read, SagaCounters())
+
+    async def _counters(self, generation: int, tenant: str) -> SagaCounters:
         def key(logical: str) -> str:
             return self._views.key(generation, logical)
 

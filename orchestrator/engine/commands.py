@@ -234,8 +234,10 @@ class SagaCommands:
         )
         envelope = Envelope(tenant=tenant, actor=actor, correlation_id=saga_id, causation_id=request)
         new = to_new_events(stream, NO_STREAM, [started], envelope)
-        # The request hash rides in the metadata so a repeated start can be recognised.
-        new = [_with_meta(e, request_hash=request) for e in new]
+        # The request hash rides in the metadata so a repeated start can be recognised; the nonce makes
+        # two identical starts racing each other two different appends, so the store lets one create the
+        # saga and the other finds it (200), instead of taking the second as a resend of the first.
+        new = [_with_meta(stream, e, request_hash=request, start_nonce=uuid.uuid4().hex) for e in new]
         try:
             result = await self._store.append(stream, new, expected=NO_STREAM)
         except WrongExpectedRevision:
@@ -312,8 +314,9 @@ class SagaCommands:
         raise Conflict("the saga is changing too fast to apply the command; try again")
 
 
-def _with_meta(event: NewEvent, **extra: str) -> NewEvent:
+def _with_meta(stream: str, event: NewEvent, **extra: str) -> NewEvent:
+    """``event`` (the first of a new stream) with more metadata, and the id of those bytes."""
     meta = json.loads(event.metadata)
     meta.update(extra)
     body = canonical_bytes(meta)
-    return NewEvent(event_id("", NO_STREAM, 0, event.type, event.data, body), event.type, event.data, body)
+    return NewEvent(event_id(stream, NO_STREAM, 0, event.type, event.data, body), event.type, event.data, body)

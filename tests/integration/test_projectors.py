@@ -285,3 +285,29 @@ async def test_views_are_rebuilt_identically_after_the_prefix_is_flushed(
         assert all(abs(rebuilt_expiries[k] - expiries[k]) <= 2_000 for k in expiries)
     finally:
         await again.stop()
+
+
+async def test_a_read_that_meets_a_generation_switch_reads_the_new_generation(
+    sagas: Scenario, service: ProjectorService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a reader that resolved the old generation just before a rebuild switched and deleted it
+    saw an empty generation, so a saga answered 404 and lists came back empty."""
+    models = service.read_models
+    views = await _settled(sagas, models)
+    serving = await models._views.active_generation()
+    assert serving is not None
+    deleted = serving + 41  # resolved just before the switch; its keys are already gone
+    stale: list[int] = []
+
+    async def switching() -> int:
+        return stale.pop() if stale else serving
+
+    monkeypatch.setattr(models._views, "active_generation", switching)
+    stale.append(deleted)
+    assert await models.saga(ACME, sagas.ids["ok-0"]) == views["ok-0"]
+    stale.append(deleted)
+    assert len((await models.list_sagas(ACME, limit=50)).items) == len(views) - 1
+    stale.append(deleted)
+    assert [d.name for d in await models.definitions(ACME)]
+    stale.append(deleted)
+    assert (await models.counters(ACME)).total > 0

@@ -3,6 +3,7 @@ manual interventions (on the embedded store)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,14 @@ async def test_interventions_follow_the_table_if_match_and_idempotency(commands:
     assert state.abort_requested
     assert state.status is SagaStatus.RUNNING
     assert events[0].stream == saga_stream(saga)
+
+
+async def test_identical_starts_racing_each_other_create_the_saga_once(commands: SagaCommands) -> None:
+    """Both read "no saga yet"; only one may answer "created", the other finds the saga it raced."""
+    await commands.register_definition("acme", "t", seed_definition())
+    first, second = await asyncio.gather(
+        _start(commands, client_id="order-9"), _start(commands, client_id="order-9")
+    )
+    assert first.saga_id == second.saga_id
+    assert sorted([first.created, second.created]) == [False, True]
+    assert first.position == second.position
