@@ -32,7 +32,8 @@ Behaviour = Callable[[Received, int], "web.StreamResponse | None"]
 @dataclass
 class Participants:
     """One server; each service lives under ``/{service}``. ``script[(service, action)]`` is a list of
-    answers used in turn (the last one repeats): an int status, "ok", "slow:<seconds>", or "reset"."""
+    answers used in turn (the last one repeats): an int status, "ok", "slow:<seconds>", "text:<body>" (a 2xx
+    whose body is not JSON), or "reset"."""
 
     script: dict[tuple[str, str], list[str | int]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
@@ -75,6 +76,9 @@ class Participants:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
+        if answer.startswith("text:"):
+            # Done, but answered with a body that is not JSON.
+            return web.Response(text=answer.removeprefix("text:"), status=200)
         if answer.startswith("slow:"):
             await asyncio.sleep(float(answer.split(":", 1)[1]))
         return web.json_response({"done": action, "key": got.key})

@@ -154,3 +154,22 @@ async def test_two_engines_deciding_the_same_saga_make_each_call_once(harness: H
     calls = harness.participants.received
     assert len(calls) == 3 * len(saga_ids)
     assert len({(c.key, c.attempt) for c in calls}) == len(calls)
+
+
+async def test_an_unusable_2xx_suspends_and_an_abort_then_undoes_it(harness: Harness) -> None:
+    """Regression: ``200 "charged OK"`` suspended the saga as if nothing had happened, so the abort that
+    followed refunded nothing. The charge may exist: the rollback must undo it."""
+    harness.participants.script[("payment-service", "charge")] = ["text:charged OK"]
+    await harness.engine()
+    saga_id = await harness.start()
+    state = await harness.wait_for(saga_id)
+    assert state.status is SagaStatus.SUSPENDED
+    await harness.commands.intervene(
+        "acme", "ops@example.com", saga_id, ManualCommand.ABORT, reason="bad body", idempotency_key="a-1"
+    )
+    await harness.engines[0].wake(f"saga-{saga_id}")
+    state = await harness.wait_for(saga_id, {"SagaCompensated"})
+    assert state.status is SagaStatus.COMPENSATED
+    charge = harness.participants.calls("payment-service", "charge")[0]
+    refunds = harness.participants.calls("payment-service", "refund")
+    assert [r.json["action_idempotency_keys"] for r in refunds] == [[charge.key]]
