@@ -335,7 +335,10 @@ def _action_failure(
     # After the pivot there is no way back, so retriable steps retry without limit (capped backoff).
     budget_left = spec.kind == "retriable" or used < spec.retries + 1
     rolling_back = phase(state) is not SagaStatus.RUNNING or rollback_reason(state) is not None
-    if budget_left and not rolling_back:
+    # A pivot that may have taken effect blocks any rollback until its outcome is known, so it goes on
+    # being asked (under the same key) while its budget lasts.
+    pivot_unknown = spec.kind == "pivot" and (st.possibly_effective or unknown)
+    if budget_left and (not rolling_back or (pivot_unknown and phase(state) is SagaStatus.RUNNING)):
         delay = retry_delay_ms(
             spec.retry, state.saga_id, step, "action", call.attempt, retry_after_ms, tuning
         )

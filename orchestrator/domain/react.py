@@ -78,6 +78,13 @@ def _forward(state: SagaState, now: datetime, tuning: Tuning) -> list[Command]:
                 # Its outcome decides between rolling back and going on.
                 return []
             if pivot_state.possibly_effective and not state.pivot_waived:
+                action = pivot_state.action
+                if action.status in (CallStatus.RETRY_WAIT, CallStatus.IDLE):
+                    # Its outcome is unknown and it can still be asked (waiting to retry, or a person
+                    # resumed it): learn whether it took effect before deciding between rolling back
+                    # and going on.
+                    due = action.status is CallStatus.IDLE or _retry_due(action, now)
+                    return [start_step_command(state, pivot, tuning)] if due else []
                 return [
                     DeadLetter(f"{reason}, but the pivot {pivot.name!r} may have taken effect", pivot.name)
                 ]

@@ -170,3 +170,43 @@ def test_an_unreachable_participant_still_uses_up_the_budget() -> None:
     saga.run()
     saga.outcome("charge", OutcomeKind.TRANSIENT, error_class="connection")
     assert saga.state.steps["charge"].action.status is CallStatus.FAILED
+
+
+def test_an_abort_while_the_pivot_waits_to_ask_again_learns_its_outcome_first() -> None:
+    """Regression (found by the randomized fault run): the pivot's first attempt had an unknown outcome
+    and waited to retry; an abort then dead-lettered the saga at once, and no command could ask the pivot
+    again. Now the pivot is asked again under its key, and its answer decides."""
+    saga = Saga(pivot_saga())
+    saga.run()
+    saga.ok("reserve")
+    key = saga.state.steps["charge"].action.idempotency_key
+    saga.outcome("charge", OutcomeKind.TRANSIENT, error_class="connection", outcome_unknown=True)
+    assert saga.state.steps["charge"].action.status is CallStatus.RETRY_WAIT
+    saga.record(decide(saga.state, cmd(ManualCommand.ABORT, "abort-1"), saga.now))
+    plan = saga.run()
+    assert "SagaDeadLettered" not in names(plan.events)
+    plan = saga.fire_due()
+    again = [c for c in plan.calls if isinstance(c, StartStep)]
+    assert [(c.step, c.attempt, c.idempotency_key) for c in again] == [("charge", 2, key)]
+    # It had taken effect: the saga can only go forward now.
+    plan = saga.ok("charge")
+    assert [c.step for c in plan.calls if isinstance(c, StartStep)] == ["ship"]
+    saga.ok("ship")
+    assert saga.state.status is SagaStatus.COMPLETED
+
+
+def test_an_abort_while_the_pivot_waits_and_the_pivot_times_out_again_dead_letters() -> None:
+    saga = Saga(pivot_saga())
+    saga.run()
+    saga.ok("reserve")
+    saga.outcome("charge", OutcomeKind.TRANSIENT, error_class="connection", outcome_unknown=True)
+    saga.record(decide(saga.state, cmd(ManualCommand.ABORT, "abort-1"), saga.now))
+    saga.run()
+    while saga.state.status is SagaStatus.RUNNING:
+        saga.fire_due()
+    # Its budget is spent and its outcome still unknown: a person decides (resume asks again).
+    assert saga.state.status is SagaStatus.DEAD_LETTERED
+    resumed = decide(saga.state, cmd(ManualCommand.RESUME, "resume-1"), saga.now)
+    saga.record(resumed)
+    plan = saga.run()
+    assert [c.step for c in plan.calls if isinstance(c, StartStep)] == ["charge"]
