@@ -16,7 +16,13 @@ from orchestrator.domain.commands import (
 )
 from orchestrator.domain.definitions import StepSpec
 from orchestrator.domain.errors import InvalidMessage
-from orchestrator.domain.requests import action_body, compensation_body, idempotency_key, sha256_hex
+from orchestrator.domain.requests import (
+    action_body,
+    compensation_body,
+    idempotency_key,
+    legacy_compensation_body,
+    sha256_hex,
+)
 from orchestrator.domain.state import CallState, SagaState, is_terminal, needs_compensation, pivot_succeeded
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import CallStatus, Phase, SagaStatus
@@ -161,23 +167,31 @@ def start_step_command(state: SagaState, spec: StepSpec, tuning: Tuning) -> Star
 def start_compensation_command(state: SagaState, spec: StepSpec, tuning: Tuning) -> StartCompensationStep:
     st = state.steps[spec.name]
     comp = st.compensation
-    # Every generation that may have taken effect is undone, not only the newest (a person's retry
-    # starts a new generation while the earlier one's effect may exist).
-    action_keys = st.effective_keys or (
-        st.action.idempotency_key
-        or idempotency_key(state.tenant, state.saga_id, spec.name, Phase.ACTION, st.action.generation),
-    )
-    action_key = action_keys[-1]
-    body = compensation_body(state.saga_id, spec.name, state.context, action_keys)
+    key = idempotency_key(state.tenant, state.saga_id, spec.name, Phase.COMPENSATION, comp.generation)
+    if comp.idempotency_key == key and st.compensation_named is not None:
+        # A later attempt of a generation already started sends exactly what its first attempt sent
+        # (also when that was written by a release that named only one key).
+        action_key, action_keys = st.compensation_named
+        if action_keys:
+            body = compensation_body(state.saga_id, spec.name, state.context, action_keys)
+        else:
+            body = legacy_compensation_body(state.saga_id, spec.name, state.context, action_key)
+    else:
+        # Every generation that may have taken effect is undone, not only the newest (a person's retry
+        # starts a new generation while the earlier one's effect may exist).
+        action_keys = st.effective_keys or (
+            st.action.idempotency_key
+            or idempotency_key(state.tenant, state.saga_id, spec.name, Phase.ACTION, st.action.generation),
+        )
+        action_key = action_keys[-1]
+        body = compensation_body(state.saga_id, spec.name, state.context, action_keys)
     if spec.compensation is None:
         raise InvalidMessage(f"step {spec.name!r} has no compensation")
     return StartCompensationStep(
         step=spec.name,
         attempt=comp.attempt + 1,
         generation=comp.generation,
-        idempotency_key=idempotency_key(
-            state.tenant, state.saga_id, spec.name, Phase.COMPENSATION, comp.generation
-        ),
+        idempotency_key=key,
         action_idempotency_key=action_key,
         action_idempotency_keys=action_keys,
         service=spec.service,

@@ -48,3 +48,11 @@ def compensation_body(saga_id: str, step: str, step_input: Any, action_keys: Seq
             "action_idempotency_keys": list(action_keys),
         }
     )
+
+
+def legacy_compensation_body(saga_id: str, step: str, step_input: Any, action_key: str) -> bytes:
+    """The body of a compensation whose intent a release before named generations wrote (one key): its
+    later attempts must send these same bytes."""
+    return canonical_bytes(
+        {"saga_id": saga_id, "step": step, "input": step_input, "action_idempotency_key": action_key}
+    )

@@ -124,6 +124,9 @@ class StepState:
     # The action keys (one per generation, oldest first) under which an effect may exist: a compensation
     # must undo every one of them, not only the newest generation's.
     effective_keys: tuple[str, ...] = ()
+    # What the current compensation generation's first intent named: (the newest action key, every action
+    # key; empty when written before generations were named), so each of its attempts sends the same body.
+    compensation_named: tuple[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,10 @@ def evolve(state: SagaState, event: Event, recorded_at: datetime) -> SagaState:
             timers = _drop(s.timers, kinds={TimerKind.RETRY, TimerKind.SAGA_DEADLINE})
             return replace(s, status=SagaStatus.COMPENSATING, reason=event.reason, steps=steps, timers=timers)
         case CompensationStepStarted():
+            step = s.steps[event.step]
+            if step.compensation.idempotency_key != event.idempotency_key:
+                named = (event.action_idempotency_key, tuple(event.action_idempotency_keys))
+                s = replace(s, steps={**s.steps, event.step: replace(step, compensation_named=named)})
             return _call_started(s, event, recorded_at, compensation=True)
         case CompensationStepSucceeded():
             comp = s.steps[event.step].compensation
