@@ -108,6 +108,11 @@ class EmbeddedStoreCollector(Collector):
             "saga_eventstore_wal_checkpoints", "WAL checkpoints run by the writer", stats.wal_checkpoints
         )
         yield CounterMetricFamily(
+            "saga_eventstore_after_commit_errors",
+            "Errors after a group committed (a refused WAL checkpoint); the group was acknowledged",
+            stats.after_commit_errors,
+        )
+        yield CounterMetricFamily(
             "saga_eventstore_grouped_requests",
             "Requests written over all commits (divided by commits: the mean group size)",
             stats.grouped_requests,

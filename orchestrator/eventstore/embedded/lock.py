@@ -31,10 +31,14 @@ class DirectoryLock:
             holder = self._read_holder(fd)
             os.close(fd)
             raise StoreLocked(str(self._path.parent), holder) from None
-        stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()} since={stamp}\n".encode(), 0)
         self._fd = fd
+        try:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()} since={stamp}\n".encode(), 0)
+        except BaseException:
+            self.release()  # an open descriptor would hold the lock until this process exits
+            raise
 
     @staticmethod
     def _read_holder(fd: int) -> str:

@@ -9,6 +9,9 @@ consumers by the group's strategy, redelivers what times out or is nacked with `
 exceeds ``max_retry_count`` or is nacked with ``park``, and checkpoints the highest position below which
 everything is done — after ``checkpoint_after`` seconds once ``min_checkpoint_count`` messages completed,
 or at once after ``max_checkpoint_count``.
+
+A parked message counts as done only once its row in the parked list is durable: until then its position
+stays outstanding, so no checkpoint can pass it, and a crash in between redelivers it instead of losing it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import structlog
+
+from orchestrator import failpoints
 from orchestrator.eventstore.embedded.reader import Reader
 from orchestrator.eventstore.errors import (
     MaxSubscribersReached,
+    OperationalError,
     SubscriptionDropped,
     SubscriptionExists,
     SubscriptionNotFound,
@@ -45,6 +52,11 @@ from orchestrator.eventstore.types import (
 
 if TYPE_CHECKING:
     from orchestrator.eventstore.embedded.store import EmbeddedEventStore
+
+log = structlog.get_logger("orchestrator.eventstore")
+
+#: after a failed write of the parked list, how long before it is tried again
+PARKED_RETRY_S = 1.0
 
 
 def _settings_json(s: PersistentSubscriptionSettings) -> str:
@@ -71,6 +83,11 @@ class _Message:
     #: taken by the consumer's reader (no longer waiting in its local queue)
     handed: bool = False
 
+    @property
+    def key(self) -> tuple[UUID, bool]:
+        # One event can be held twice, reloaded after a restart and replayed from the parked list.
+        return self.event.id, self.replayed
+
     def delivered_event(self) -> RecordedEvent:
         event = self.event
         return (
@@ -85,7 +102,7 @@ class Consumer:
         self._group = group
         self.queue: deque[_Message] = deque()
         #: in dispatch order, which is deadline order (every deadline is dispatch time + message timeout)
-        self.in_flight: dict[UUID, _Message] = {}
+        self.in_flight: dict[tuple[UUID, bool], _Message] = {}
         self._ready = asyncio.Event()
         self.dropped: BaseException | None = None
         self.closed = False
@@ -107,13 +124,13 @@ class Consumer:
 
     def deliver(self, message: _Message) -> None:
         message.handed = False
-        self.in_flight[message.event.id] = message
+        self.in_flight[message.key] = message
         self.queue.append(message)
         self._ready.set()
 
     def withdraw(self, message: _Message) -> None:
         """Forget a message this consumer holds (settled, expired or handed back)."""
-        self.in_flight.pop(message.event.id, None)
+        self.in_flight.pop(message.key, None)
         if not message.handed:
             with contextlib.suppress(ValueError):
                 self.queue.remove(message)
@@ -157,6 +174,9 @@ class _Group:
         self.consumers: list[Consumer] = []
         self.completed_since_checkpoint = 0
         self.last_checkpoint_time = time.monotonic()
+        #: changes to the parked list not yet durable, in order: (message, True to park / False to unpark)
+        self.parked_changes: list[tuple[_Message, bool]] = []
+        self.parked_retry_at = 0.0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._round_robin = 0
@@ -184,17 +204,20 @@ class _Group:
         self.wake.set()
 
     def settle(self, consumer: Consumer, event_id: UUID, action: NackAction) -> None:
-        message = consumer.in_flight.get(event_id)
-        if message is None:
-            return  # already timed out and handed elsewhere, or a duplicate answer: ignored like the server
-        consumer.withdraw(message)
-        if action is NackAction.RETRY:
-            self._retry(message)
-        elif action is NackAction.PARK:
-            self._park(message)
-        else:
-            self._done(message)
-        self.wake.set()
+        # An answer names the event, so it settles every copy this consumer holds (a reloaded one and a
+        # replayed one): a copy left behind would pin the checkpoint below its position.
+        copies = [m for m in (consumer.in_flight.get((event_id, r)) for r in (False, True)) if m is not None]
+        # none: already timed out and handed elsewhere, or a duplicate answer; ignored like the server
+        for message in copies:
+            consumer.withdraw(message)
+            if action is NackAction.RETRY:
+                self._retry(message)
+            elif action is NackAction.PARK:
+                self._park(message)
+            else:
+                self._done(message)
+        if copies:
+            self.wake.set()
 
     # --- message fates ---------------------------------------------------------------------------------
     def _retry_in_order(self, messages: Iterable[_Message]) -> None:
@@ -211,29 +234,55 @@ class _Group:
             self.pending.appendleft(message)
 
     def _park(self, message: _Message) -> None:
-        position = message.event.position.commit
-        if not message.replayed:
-            self.parked += 1
-        self.manager.spawn_write(
-            lambda c: c.execute(
-                "INSERT OR IGNORE INTO ps_parked (grp, position) VALUES (?, ?)", (self.name, position)
-            )
-        )
-        if not message.replayed:
-            self._done(message)
+        # Not done yet: `_write_parked` finishes it once its row is durable.
+        self.parked_changes.append((message, True))
 
     def _done(self, message: _Message) -> None:
         if message.replayed:
-            self.parked -= 1
-            position = message.event.position.commit
-            self.manager.spawn_write(
-                lambda c: c.execute(
-                    "DELETE FROM ps_parked WHERE grp = ? AND position = ?", (self.name, position)
-                )
-            )
+            # Below the checkpoint already: done means "no longer parked". Should that write be lost,
+            # the message stays parked and is replayed again, never lost.
+            self.parked_changes.append((message, False))
             return
         self.outstanding.discard(message.event.position.commit)
         self.completed_since_checkpoint += 1
+
+    async def _write_parked(self) -> None:
+        """Make the parked list's changes durable, then count the parked messages done.
+
+        Called by the dispatcher before it checkpoints; until this returns, a parked message's position is
+        outstanding, so the checkpoint cannot pass it however the writes are ordered.
+        """
+        if not self.parked_changes or time.monotonic() < self.parked_retry_at:
+            return
+        changes, self.parked_changes = self.parked_changes, []
+        name = self.name
+
+        def write(conn: sqlite3.Connection) -> int:
+            added = 0  # rows, not messages: a message parked again after a restart is already there
+            for message, park in changes:
+                position = message.event.position.commit
+                if park:
+                    sql = "INSERT OR IGNORE INTO ps_parked (grp, position) VALUES (?, ?)"
+                    added += conn.execute(sql, (name, position)).rowcount
+                else:
+                    sql = "DELETE FROM ps_parked WHERE grp = ? AND position = ?"
+                    added -= conn.execute(sql, (name, position)).rowcount
+            return added
+
+        try:
+            added: int = await self.manager.store.write_call(write)
+        except OperationalError as e:
+            # Nothing is dropped: the messages stay outstanding and the write is tried again later.
+            self.parked_changes[:0] = changes
+            self.parked_retry_at = time.monotonic() + PARKED_RETRY_S
+            log.warning("parked_write_failed", group=name, messages=len(changes), error=str(e))
+            return
+        if any(park for _, park in changes):
+            failpoints.hit("persistent.after_park")
+        self.parked += added
+        for message, park in changes:
+            if park and not message.replayed:
+                self._done(message)
 
     # --- the dispatcher ----------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -244,6 +293,7 @@ class _Group:
                 await self._load()
                 self._expire()
                 self._dispatch()
+                await self._write_parked()
                 await self._maybe_checkpoint()
                 delay = self._next_deadline()
                 if self.cursor < store.notifier.head and len(self.outstanding) < self._capacity():
@@ -342,6 +392,8 @@ class _Group:
         delay = max(0.0, min(deadlines) - now) if deadlines else 3600.0
         if self.completed_since_checkpoint:
             delay = min(delay, max(0.0, self.last_checkpoint_time + self.settings.checkpoint_after - now))
+        if self.parked_changes:
+            delay = min(delay, max(0.0, self.parked_retry_at - now))
         return delay + 0.001
 
     def _done_up_to(self) -> int:
@@ -392,7 +444,6 @@ class PersistentSubscriptions:
     def __init__(self, store: EmbeddedEventStore) -> None:
         self.store = store
         self.groups: dict[str, _Group] = {}
-        self._writes: set[asyncio.Task[Any]] = set()
 
     async def load(self) -> None:
         def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -410,12 +461,6 @@ class PersistentSubscriptions:
                 checkpoint,
                 parked,
             )
-
-    def spawn_write(self, fn: Any) -> None:
-        """A write whose result nobody awaits (parking); ordered after earlier writes by the writer."""
-        task = asyncio.ensure_future(self.store.write_call(fn))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
 
     def _group(self, name: str) -> _Group:
         group = self.groups.get(name)
@@ -503,7 +548,6 @@ class PersistentSubscriptions:
         for group in self.groups.values():
             if group.consumers:
                 with contextlib.suppress(Exception):
+                    await group._write_parked()
                     await group._maybe_checkpoint(force=True)
             await group.stop(None)
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)

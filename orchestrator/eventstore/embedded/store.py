@@ -86,6 +86,7 @@ class EmbeddedEventStore:
         self._writer = writer
         self._lock = lock
         self._closed = False
+        self._closing = False
         self._poller: asyncio.Task[None] | None = None
         self.persistent = PersistentSubscriptions(self)
 
@@ -97,40 +98,47 @@ class EmbeddedEventStore:
         settings = settings or EmbeddedSettings()
         db_path = directory / DB_FILE
         loop = asyncio.get_running_loop()
-        if read_only:
-            if not db_path.exists():
-                raise OperationalError(f"no event store at {directory}")
-            reader = Reader(db_path, read_only_file=True, threads=settings.reader_threads)
-            head = await reader.run(Reader.head)
-            store = cls(directory, settings, reader, Notifier(head), None, None)
-            # Groups and their durable state (checkpoint, parked) are readable; in-flight counts live only
-            # in the process that serves them.
-            await store.persistent.load()
-            store._poller = asyncio.create_task(store._poll_head(), name="eventstore-head-poller")
-            return store
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = DirectoryLock(directory)
-        lock.acquire()
-        try:
+        # Whatever fails (or is cancelled) part-way through opening undoes what was opened so far, in
+        # reverse: otherwise a leaked lock would refuse this directory to the process until it exits.
+        async with contextlib.AsyncExitStack() as undo:
+            if read_only:
+                if not db_path.exists():
+                    raise OperationalError(f"no event store at {directory}")
+                reader = Reader(db_path, read_only_file=True, threads=settings.reader_threads)
+                undo.push_async_callback(asyncio.to_thread, reader.close)
+                head = await reader.run(Reader.head)
+                store = cls(directory, settings, reader, Notifier(head), None, None)
+                # Groups and their durable state (checkpoint, parked) are readable; in-flight counts live
+                # only in the process that serves them.
+                await store.persistent.load()
+                store._poller = asyncio.create_task(store._poll_head(), name="eventstore-head-poller")
+                undo.pop_all()
+                return store
+            directory.mkdir(parents=True, exist_ok=True)
+            lock = DirectoryLock(directory)
+            lock.acquire()
+            undo.callback(lock.release)
             conn = await asyncio.to_thread(connect_writer, db_path)
-        except Exception:
-            lock.release()
-            raise
-        notifier = Notifier(0)
-        writer = Writer(
-            conn,
-            db_path,
-            loop,
-            notifier.publish,
-            max_group=settings.max_group,
-            wal_checkpoint_bytes=settings.wal_checkpoint_bytes,
-            stream_cache_size=settings.stream_cache_size,
-        )
-        notifier.head = writer.head
-        reader = Reader(db_path, read_only_file=False, threads=settings.reader_threads)
-        store = cls(directory, settings, reader, notifier, writer, lock)
-        await store.persistent.load()
-        return store
+            # The writer thread closes it when it ends; this covers a Writer that never started.
+            undo.callback(conn.close)
+            notifier = Notifier(0)
+            writer = Writer(
+                conn,
+                db_path,
+                loop,
+                notifier.publish,
+                max_group=settings.max_group,
+                wal_checkpoint_bytes=settings.wal_checkpoint_bytes,
+                stream_cache_size=settings.stream_cache_size,
+            )
+            undo.push_async_callback(writer.close)
+            notifier.head = writer.head
+            reader = Reader(db_path, read_only_file=False, threads=settings.reader_threads)
+            undo.push_async_callback(asyncio.to_thread, reader.close)
+            store = cls(directory, settings, reader, notifier, writer, lock)
+            await store.persistent.load()
+            undo.pop_all()
+            return store
 
     @property
     def read_only(self) -> bool:
@@ -301,6 +309,8 @@ class EmbeddedEventStore:
 
     async def ping(self) -> None:
         self._check_open()
+        if self._writer is not None:
+            self._writer.check()  # a failed writer makes the store unhealthy, however well it reads
         await self.reader.run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def _poll_head(self) -> None:
@@ -312,10 +322,13 @@ class EmbeddedEventStore:
                     self.notifier.publish(head, frozenset())
 
     async def close(self) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             return
-        self._closed = True
+        # Persistent subscriptions write their last parked changes and checkpoint first, while the
+        # writer still takes writes (a graceful stop then redelivers nothing already done).
+        self._closing = True
         await self.persistent.close()
+        self._closed = True
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,11 @@ every request waiting (up to ``max_group``), decides each against the stream sta
 accepted ones in one transaction, commits (one fsync for the whole group) and only then hands the results
 back to the loop in one callback. An acknowledgement therefore never runs ahead of its commit; ``stats``
 counts both sides so a test can check it.
+
+Every request gets an answer, whatever happens in the thread: a group that fails before its COMMIT is
+answered with OperationalError; one that committed is acknowledged even if what follows the commit fails;
+and an exception that escapes the thread (a bug, a connection gone bad) fails everything waiting and leaves
+the writer *failed*, so new requests are refused at once and ``check`` (the store's ping) reports it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from orchestrator import failpoints
 from orchestrator.eventstore.errors import (
     EventStoreError,
     OperationalError,
@@ -42,6 +50,8 @@ from orchestrator.eventstore.types import (
 #: how far back an ANY / EXISTS retry is recognised as idempotent (EventStoreDB keeps a bounded cache too)
 _IDEMPOTENCY_WINDOW = 256
 _JSON = "application/json"
+
+log = structlog.get_logger("orchestrator.eventstore")
 
 
 @dataclass(slots=True)
@@ -65,6 +75,9 @@ class WriterStats:
     fsync_groups: int = 0
     wal_bytes: int = 0
     wal_checkpoints: int = 0
+    #: SQLite errors after a commit (a WAL checkpoint refused, e.g. SQLITE_FULL); the commit stood, the
+    #: checkpoint is retried after the next commit
+    after_commit_errors: int = 0
     #: requests written over all commits (mean group size = grouped_requests / commits)
     grouped_requests: int = 0
 
@@ -126,6 +139,10 @@ class Writer:
         self._last_time_us = 0
         self.stats = WriterStats()
         self._closed = False
+        #: what killed the writer thread; set under ``_failing`` so no request slips into the queue after
+        #: the thread drained it for the last time
+        self._failed: BaseException | None = None
+        self._failing = threading.Lock()
         #: streams changed by the group being written (the cache may evict, this may not)
         self._touched: dict[str, _Stream] = {}
         self._group_appends = self._group_events = self._group_bytes = 0
@@ -141,8 +158,23 @@ class Writer:
         if self._closed:
             raise StoreClosed("event store is closed")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((request, fut))
+        with self._failing:
+            self.check()
+            self._queue.put((request, fut))
         return fut
+
+    def check(self) -> None:
+        """Raise OperationalError (naming the cause) once the writer thread has failed."""
+        if self._failed is not None:
+            raise self._failure()
+
+    def _failure(self) -> OperationalError:
+        cause = self._failed
+        error = OperationalError(
+            f"event store writer failed ({type(cause).__name__}: {cause}); writes are refused until restart"
+        )
+        error.__cause__ = cause
+        return error
 
     async def close(self) -> None:
         if self._closed:
@@ -153,6 +185,7 @@ class Writer:
 
     # --- writer thread ------------------------------------------------------------------------------
     def _run(self) -> None:
+        group: list[tuple[Request, asyncio.Future[Any]]] = []
         try:
             while True:
                 first = self._queue.get()
@@ -170,11 +203,23 @@ class Writer:
                         break
                     group.append(item)
                 self._commit_group(group)
+                group = []
                 if stop:
                     return
+        except BaseException as e:  # the thread's last word: nothing may escape unanswered
+            # Whatever escaped the per-group handling leaves this thread's state (stream cache, head,
+            # transaction) untrustworthy, so the writer stops for good instead of guessing: a restart
+            # rebuilds that state from the database. Not re-raised: it is reported here and by `check`.
+            log.exception("writer_failed", error=f"{type(e).__name__}: {e}")
+            with self._failing:
+                self._failed = e
+            # A group whose commit went through was already acknowledged (that callback runs first, and a
+            # settled future is left alone); the rest of the group in hand is failed here.
+            self._resolve_later([(fut, self._failure()) for _, fut in group], None, frozenset())
         finally:
             self._fail_pending()
-            self._conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
 
     def _fail_pending(self) -> None:
         while True:
@@ -183,7 +228,8 @@ class Writer:
             except queue.Empty:
                 return
             if item is not None:
-                self._resolve_later([(item[1], StoreClosed("event store is closed"))], None, frozenset())
+                error = self._failure() if self._failed is not None else StoreClosed("event store is closed")
+                self._resolve_later([(item[1], error)], None, frozenset())
 
     def _commit_group(self, group: list[tuple[Request, asyncio.Future[Any]]]) -> None:
         conn = self._conn
@@ -205,6 +251,7 @@ class Writer:
             self._flush(rows)
             conn.execute("COMMIT")
         except Exception as e:
+            # A ROLLBACK that fails too escapes to `_run`: the connection can no longer be trusted.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for name in touched:
@@ -215,21 +262,32 @@ class Writer:
             self._resolve_later([(fut, error) for _, fut in group], None, frozenset())
             self._group_recorded = []
             return
+        # Committed: the group's answers are due whatever fails from here on.
         self._last_time_us = now_us
         self.stats.commits += 1
         self.stats.fsync_groups += 1
         self.stats.appends += self._group_appends
         self.stats.events += self._group_events
         self.stats.grouped_requests += len(group)
-        self._maybe_checkpoint(self._group_bytes)
         committed, self._group_recorded = self._group_recorded, []
-        self._resolve_later(
-            results,
-            self.head if self.head != head_before else None,
-            frozenset(touched),
-            self.stats.commits,
-            committed,
-        )
+        try:
+            failpoints.hit("writer.after_commit")
+            self._maybe_checkpoint(self._group_bytes)
+        except sqlite3.Error as e:
+            # SQLite refused housekeeping after a durable commit (a WAL checkpoint: SQLITE_FULL, IOERR,
+            # BUSY). The writer's state still matches the database, so it keeps serving rather than
+            # failing: the checkpoint is retried after the next commit, and while the disk stays full the
+            # commits themselves fail, each group answered with its own OperationalError.
+            self.stats.after_commit_errors += 1
+            log.warning("wal_checkpoint_failed", error=str(e), wal_bytes=self._wal_pending)
+        finally:
+            self._resolve_later(
+                results,
+                self.head if self.head != head_before else None,
+                frozenset(touched),
+                self.stats.commits,
+                committed,
+            )
 
     def _resolve_later(
         self,
@@ -246,15 +304,17 @@ class Writer:
                     self.stats.ack_ahead_of_commit += 1
                 self.stats.acked_commit = commit_seq
                 self.stats.acked_groups += 1
-            if new_head is not None:
-                self._publish(new_head, streams, committed or [])
-            for fut, value in results:
-                if fut.done():
-                    continue
-                if isinstance(value, BaseException):
-                    fut.set_exception(value)
-                else:
-                    fut.set_result(value)
+            try:
+                if new_head is not None:
+                    self._publish(new_head, streams, committed or [])
+            finally:  # a subscriber's failure must not leave the appenders waiting
+                for fut, value in results:
+                    if fut.done():
+                        continue
+                    if isinstance(value, BaseException):
+                        fut.set_exception(value)
+                    else:
+                        fut.set_result(value)
 
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
             self._loop.call_soon_threadsafe(resolve)
@@ -267,9 +327,10 @@ class Writer:
         self.stats.wal_bytes = self._wal_pending
         if self._wal_pending <= self._wal_limit:
             return
-        busy, log, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        # Raises on failure with `_wal_pending` still above the limit: the next commit tries again.
+        busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.stats.wal_checkpoints += 1
-        self._wal_pending = max(0, log - done) * self._page_size if busy == 0 else self._wal_pending // 2
+        self._wal_pending = max(0, frames - done) * self._page_size if busy == 0 else self._wal_pending // 2
         self.stats.wal_bytes = self._wal_pending
 
     # --- deciding one request -------------------------------------------------------------------------
