@@ -319,4 +319,6 @@ def _with_meta(stream: str, event: NewEvent, **extra: str) -> NewEvent:
     meta = json.loads(event.metadata)
     meta.update(extra)
     body = canonical_bytes(meta)
-    return NewEvent(event_id(stream, NO_STREAM, 0, event.type, event.data, body), event.type, event.data, body)
+    return NewEvent(
+        event_id(stream, NO_STREAM, 0, event.type, event.data, body), event.type, event.data, body
+    )
