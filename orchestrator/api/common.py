@@ -18,10 +18,10 @@ from orchestrator.api.deps import DEPS, PRINCIPAL, ApiDeps, ReadModelsPort
 from orchestrator.api.principal import ADMIN, Principal, resolve_principal
 from orchestrator.api.problems import FieldProblem, Problem, invalid_field
 from orchestrator.domain.events import SagaStarted
-from orchestrator.engine.codec import from_recorded
-from orchestrator.engine.commands import saga_stream
 from orchestrator.eventstore.errors import OperationalError, StreamDeleted, StreamNotFound
 from orchestrator.eventstore.types import RecordedEvent
+from orchestrator.records.codec import from_recorded
+from orchestrator.records.streams import saga_stream
 from projections.redis_store import ReadModelError
 
 M = TypeVar("M", bound=BaseModel)

@@ -29,7 +29,8 @@ from orchestrator.api.routes import (
     Route,
 )
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.engine.commands import Conflict, NotFound, PreconditionFailed, saga_stream
+from orchestrator.engine.commands import Conflict, NotFound, PreconditionFailed
+from orchestrator.records.streams import saga_stream
 
 _ETAG = re.compile(r'^(?:W/)?"(\d{1,12})"$|^(\d{1,12})$')
 

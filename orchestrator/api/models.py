@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.domain.definitions import NAME_PATTERN
-from orchestrator.engine.commands import CLIENT_ID
+from orchestrator.records.streams import CLIENT_ID
 
 SagaStatusName = Literal["running", "compensating", "completed", "compensated", "dead_lettered", "suspended"]
 CommandName = Literal["abort", "retry", "skip", "resolve", "resume"]

@@ -16,8 +16,8 @@ from orchestrator.domain.definitions import definition_hash, parse_definition
 from orchestrator.domain.errors import DefinitionError, UnreadableHistory
 from orchestrator.domain.events import SagaStarted, encode
 from orchestrator.domain.state import SagaState, evolve, start
-from orchestrator.engine.codec import Decoded, from_recorded
 from orchestrator.eventstore.types import RecordedEvent
+from orchestrator.records.codec import Decoded, from_recorded
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from orchestrator.domain.errors import DomainConflict, UnreadableHistory
 from orchestrator.domain.state import SagaState, evolve, fold, is_terminal
 from orchestrator.domain.vocabulary import OutcomeKind, Phase
 from orchestrator.engine.calls import CallResult, StepCall
-from orchestrator.engine.codec import Envelope, carries_intent, from_recorded, to_new_events
 from orchestrator.engine.timers import DueTimer
 from orchestrator.eventstore.errors import OperationalError, StreamNotFound, WrongExpectedRevision
 from orchestrator.eventstore.types import NewEvent, RecordedEvent
+from orchestrator.records.codec import Envelope, carries_intent, from_recorded, to_new_events
 
 if TYPE_CHECKING:
     from orchestrator.engine.engine import Engine

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,16 +33,19 @@ from orchestrator.domain.state import SagaState, fold
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.versions import latest_version
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.engine.codec import SAGA_STREAM_PREFIX, Envelope, from_recorded, to_new_events
 from orchestrator.eventstore.errors import StreamNotFound, WrongExpectedRevision
 from orchestrator.eventstore.ids import event_id, new_events
 from orchestrator.eventstore.port import EventStore
 from orchestrator.eventstore.types import NO_STREAM, Expected, NewEvent, Position, RecordedEvent
+from orchestrator.records.codec import Envelope, from_recorded, to_new_events
+from orchestrator.records.streams import (
+    CLIENT_ID,
+    DEFINITION_REGISTERED,
+    definition_stream,
+    saga_id_for,
+    saga_stream,
+)
 
-DEFINITION_STREAM_PREFIX = "sagadef-"
-DEFINITION_REGISTERED = "SagaDefinitionRegistered"
-CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_NAMESPACE = uuid.UUID("0d5c2f0e-7f7b-5a35-9a57-9d7b8c1f4e21")
 #: re-decisions after losing a race to another writer before the caller gets a 409
 _RACES = 10
 
@@ -98,22 +100,6 @@ class Intervened:
     revision: int
     applied: bool
     position: Position | None
-
-
-def saga_stream(saga_id: str) -> str:
-    return f"{SAGA_STREAM_PREFIX}{saga_id}"
-
-
-def saga_id_for(tenant: str, client_id: str | None, idempotency_key: str | None) -> str:
-    if client_id is not None:
-        return str(uuid.uuid5(_NAMESPACE, f"{tenant}|{client_id}"))
-    if idempotency_key is not None:
-        return str(uuid.uuid5(_NAMESPACE, f"{tenant}|idem|{idempotency_key}"))
-    return str(uuid.uuid4())
-
-
-def definition_stream(tenant: str, name: str) -> str:
-    return f"{DEFINITION_STREAM_PREFIX}{uuid.uuid5(_NAMESPACE, f'{tenant}|{name}')}"
 
 
 def start_request_hash(name: str, version: str | None, context: dict[str, Any]) -> str:

@@ -26,13 +26,13 @@ from orchestrator.domain.state import SagaState, is_terminal
 from orchestrator.domain.timing import Tuning
 from orchestrator.engine.actor import Hint, Message, SagaActor, Wake
 from orchestrator.engine.calls import CallResult, StepCall
-from orchestrator.engine.codec import SAGA_STREAM_PREFIX
 from orchestrator.engine.timer_projection import SAGA_FILTER, TimerProjection
 from orchestrator.engine.timers import DueTimer, TimerFirer, TimerIndex
 from orchestrator.eventstore.errors import EventStoreError, SubscriptionExists
 from orchestrator.eventstore.port import EventStore, PersistentSubscription
 from orchestrator.eventstore.types import ConsumerStrategy, PersistentSubscriptionSettings, RecordedEvent
 from orchestrator.observability.metrics import EngineMetrics
+from orchestrator.records.streams import SAGA_STREAM_PREFIX
 from orchestrator.settings import EngineSettings
 
 log = structlog.get_logger("orchestrator.engine")

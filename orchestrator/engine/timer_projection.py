@@ -16,7 +16,6 @@ from collections.abc import Callable
 from orchestrator.domain.errors import UnreadableHistory
 from orchestrator.domain.events import SagaStarted
 from orchestrator.domain.state import SagaState, evolve, fold, is_terminal, start, timer_changes
-from orchestrator.engine.codec import SAGA_STREAM_PREFIX, from_recorded
 from orchestrator.engine.timers import TimerChange, TimerFirer, TimerIndex
 from orchestrator.eventstore.port import EventStore, Subscription
 from orchestrator.eventstore.types import (
@@ -27,6 +26,8 @@ from orchestrator.eventstore.types import (
     RecordedEvent,
     SubscriptionItem,
 )
+from orchestrator.records.codec import from_recorded
+from orchestrator.records.streams import SAGA_STREAM_PREFIX
 
 SAGA_FILTER = EventFilter(stream_prefixes=(SAGA_STREAM_PREFIX,))
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.engine.codec import SAGA_STREAM_PREFIX
-from orchestrator.engine.commands import DEFINITION_STREAM_PREFIX
 from orchestrator.eventstore import EventFilter
+from orchestrator.records.streams import DEFINITION_STREAM_PREFIX, SAGA_STREAM_PREFIX
 from projections.projectors.counters import CountersProjector
 from projections.projectors.definitions import DefinitionCatalogueProjector
 from projections.projectors.dlq import DlqProjector

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from orchestrator.engine.commands import DEFINITION_REGISTERED, DEFINITION_STREAM_PREFIX
 from orchestrator.eventstore import RecordedEvent
+from orchestrator.records.streams import DEFINITION_REGISTERED, DEFINITION_STREAM_PREFIX
 from projections.projectors.keys import definition_key, definitions_index, dumps, iso, ms
 from projections.updates import HSet, Update, ZAdd
 

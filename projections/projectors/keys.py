@@ -22,8 +22,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from orchestrator.engine.codec import SAGA_STREAM_PREFIX, Decoded, from_recorded
 from orchestrator.eventstore import RecordedEvent
+from orchestrator.records.codec import Decoded, from_recorded
+from orchestrator.records.streams import SAGA_STREAM_PREFIX
 from projections.updates import view_key
 
 PHASES = ("running", "compensating", "completed", "compensated")

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator.api.app import create_app
 from orchestrator.api.deps import ApiDeps, NodeInfo
 from orchestrator.domain.state import SagaState
-from orchestrator.engine.commands import SagaCommands, saga_stream
+from orchestrator.engine.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
@@ -28,6 +28,7 @@ from orchestrator.eventstore import RecordedEvent
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.types import Position
 from orchestrator.observability.metrics import EngineMetrics
+from orchestrator.records.streams import saga_stream
 from orchestrator.settings import AuthSettings, EngineSettings, ServerSettings, ServiceConfig, Settings
 from tests.e2e.participants import Participants
 from tests.redis_fixtures import redis_prefix, redis_server, redis_url

@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from orchestrator.api.stream import Feed
-from orchestrator.engine.commands import saga_stream
 from orchestrator.eventstore.ids import new_events
 from orchestrator.eventstore.types import NO_STREAM
+from orchestrator.records.streams import saga_stream
 from tests.api.conftest import INSTANCES, Api, ApiFactory, fields, problem
 from tests.seed import SEED_DEFINITION, SEED_START
 

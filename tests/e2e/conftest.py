@@ -10,13 +10,14 @@ import pytest
 
 from orchestrator.domain.state import SagaState
 from orchestrator.domain.timing import Tuning
-from orchestrator.engine.commands import SagaCommands, saga_stream
+from orchestrator.engine.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
 from orchestrator.eventstore import RecordedEvent
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.port import EventStore
+from orchestrator.records.streams import saga_stream
 from orchestrator.settings import EngineSettings, ServiceConfig
 from tests.e2e.participants import Participants
 from tests.seed import seed_definition

@@ -6,8 +6,8 @@ import asyncio
 import json
 
 from orchestrator.domain.vocabulary import SagaStatus
-from orchestrator.engine.commands import saga_stream
 from orchestrator.eventstore import new_events
+from orchestrator.records.streams import saga_stream
 from tests.e2e.conftest import Harness
 
 

@@ -36,8 +36,8 @@ from typing import Any
 
 from orchestrator.domain.definitions import SagaDefinition, parse_definition
 from orchestrator.domain.state import SagaState, fold
-from orchestrator.engine.codec import from_recorded
 from orchestrator.eventstore.types import RecordedEvent
+from orchestrator.records.codec import from_recorded
 
 ACTION, COMPENSATION = "action", "compensation"
 DEADLINE_PASSED = "deadline_passed"

@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 from orchestrator.domain.state import SagaState, phase, pivot_succeeded
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import CallStatus, ManualCommand, SagaStatus
-from orchestrator.engine.commands import Conflict, SagaCommands, saga_id_for, saga_stream
+from orchestrator.engine.commands import Conflict, SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.errors import OperationalError, StreamNotFound, WrongExpectedRevision
 from orchestrator.eventstore.types import EventFilter, RecordedEvent
+from orchestrator.records.streams import saga_id_for, saga_stream
 from orchestrator.settings import EngineSettings, ServiceConfig
 from tests.faults.checker import PAUSED, TERMINAL, check, fold_history, group_histories
 from tests.faults.faulty_store import FaultyStore, StoreFault, StoreFaultRates, StoreFaults

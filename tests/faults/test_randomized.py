@@ -27,7 +27,6 @@ import aiohttp
 import pytest
 
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.engine.codec import SAGA_STREAM_PREFIX
 from orchestrator.engine.commands import Conflict
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.errors import (
@@ -38,6 +37,7 @@ from orchestrator.eventstore.errors import (
 )
 from orchestrator.eventstore.ids import new_events
 from orchestrator.eventstore.types import NO_STREAM
+from orchestrator.records.streams import SAGA_STREAM_PREFIX
 from tests.faults.checker import PAUSED, TERMINAL, Call
 from tests.faults.conftest import DEFINITIONS, Run, dump, operate, running, summary
 from tests.faults.faulty_store import NO_FAULTS, FaultyStore, StoreFault, StoreFaultRates

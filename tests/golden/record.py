@@ -18,8 +18,8 @@ from typing import Any
 
 from orchestrator.domain import Intervene, ManualCommand, OutcomeKind, Phase, decide
 from orchestrator.domain.events import Event
-from orchestrator.engine.codec import Envelope, to_new_events
 from orchestrator.eventstore import NO_STREAM
+from orchestrator.records.codec import Envelope, to_new_events
 from tests.unit.domain.support import P, R, Saga, V, definition, pivot_saga, seed, step
 
 TENANT = "t1"

@@ -19,9 +19,9 @@ from orchestrator.domain.commands import StartCompensationStep
 from orchestrator.domain.events import SagaStarted, encode_json
 from orchestrator.domain.requests import action_body, sha256_hex
 from orchestrator.domain.state import fold
-from orchestrator.engine.codec import from_recorded
 from orchestrator.eventstore import NO_STREAM, Position, RecordedEvent
 from orchestrator.eventstore.ids import event_id
+from orchestrator.records.codec import from_recorded
 from projections.projectors import saga_projectors
 from projections.projectors.assemble import assemble_saga
 from tests.golden.record import SCENARIOS, encode_history

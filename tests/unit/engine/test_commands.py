@@ -12,15 +12,9 @@ import pytest
 
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import ManualCommand, SagaStatus
-from orchestrator.engine.commands import (
-    Conflict,
-    Invalid,
-    NotFound,
-    PreconditionFailed,
-    SagaCommands,
-    saga_stream,
-)
+from orchestrator.engine.commands import Conflict, Invalid, NotFound, PreconditionFailed, SagaCommands
 from orchestrator.eventstore.embedded import EmbeddedEventStore
+from orchestrator.records.streams import saga_stream
 from tests.e2e.conftest import seed_definition
 
 

@@ -21,8 +21,8 @@ from orchestrator.domain.events import (
     StepStarted,
 )
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.engine.codec import Envelope, to_new_events
 from orchestrator.eventstore import NO_STREAM, Position, RecordedEvent
+from orchestrator.records.codec import Envelope, to_new_events
 from projections.projectors import saga_projectors
 from projections.projectors.assemble import assemble_saga
 from projections.projectors.counters import CountersProjector, failure_reason

@@ -26,8 +26,6 @@ from orchestrator.domain.requests import canonical_bytes
 from orchestrator.eventstore.ids import new_events
 from orchestrator.eventstore.types import Expected, NewEvent, RecordedEvent
 
-SAGA_STREAM_PREFIX = "saga-"
-
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
