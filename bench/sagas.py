@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.engine.commands import SagaCommands
+from orchestrator.app.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.inprocess import InProcessExecutor, InProcessRequest, StepRejected
 from orchestrator.engine.router import ExecutorRouter

@@ -16,20 +16,14 @@ from orchestrator.api.models import (
     DefinitionVersionInfo,
     DefinitionVersions,
 )
-from orchestrator.api.problems import FieldProblem, Problem
+from orchestrator.api.problems import Problem
 from orchestrator.api.routes import BODY_PROBLEMS, TENANT_PROBLEMS, Param, Reply, Route
 from orchestrator.domain.definitions import NAME_PATTERN, SagaInput, canonical_dict, definition_hash
 from orchestrator.domain.versions import latest_version
-from orchestrator.engine.commands import Conflict, Invalid
 from projections.views import DefinitionSummary
 
 BASE = "/api/v1/sagas/definitions"
 _NAME = re.compile(NAME_PATTERN)
-# "step 'reserve': field 'timeout': ..." / "steps[2]: unknown field 'when'" / "definition: ..."
-_LABEL = re.compile(
-    r"^(?:definition|step '(?P<step>[^']*)'|steps\[(?P<index>\d+)\]|(?P<other>[a-z_]+))(?:: )"
-)
-_FIELD = re.compile(r"field '(?P<path>[^']+)'")
 
 
 class DefinitionCatalogue(BaseModel):
@@ -38,39 +32,12 @@ class DefinitionCatalogue(BaseModel):
     items: list[DefinitionSummary]
 
 
-def _named(problem: str, raw: Any) -> FieldProblem:
-    """Turn the domain's message into {field, problem}; the message itself stays whole and precise."""
-    field = "body"
-    m = _LABEL.match(problem)
-    if m:
-        if m.group("index") is not None:
-            field = f"body.steps[{m.group('index')}]"
-        elif m.group("step") is not None:
-            steps = raw.get("steps") if isinstance(raw, dict) else None
-            names = [s.get("name") if isinstance(s, dict) else None for s in steps or []]
-            step = m.group("step")
-            field = f"body.steps[{names.index(step)}]" if step in names else "body.steps"
-        elif m.group("other") is not None:
-            field = f"body.{m.group('other')}"
-        rest = problem[m.end() :]
-        path = _FIELD.search(rest)
-        if path:
-            field = f"{field}.{path.group('path')}"
-    return FieldProblem(field, problem)
-
-
 async def register(request: web.Request) -> web.Response:
     who = principal(request)
     d = deps(request)
     raw = await read_json(request, d.settings.server.max_body_bytes)
-    try:
-        async with store_guard():
-            registered = await d.commands.register_definition(who.tenant, who.actor, raw)
-    except Invalid as e:
-        errors = [_named(p, raw) for p in e.problems]
-        raise Problem(422, "invalid-definition", "; ".join(e.problems), errors) from None
-    except Conflict as e:
-        raise Problem(409, "definition-conflict", str(e)) from None
+    async with store_guard():
+        registered = await d.commands.register_definition(who.tenant, who.actor, raw)
     definition = registered.definition
     body = DefinitionRegistered(
         name=definition.name,

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from orchestrator.api.principal import Principal
-from orchestrator.engine.commands import SagaCommands
+from orchestrator.app.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.eventstore.port import EventStore
 from orchestrator.eventstore.types import Position

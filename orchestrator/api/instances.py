@@ -31,7 +31,7 @@ from orchestrator.api.models import (
     SagaStatusName,
     StartSagaRequest,
 )
-from orchestrator.api.problems import FieldProblem, Problem, invalid_field
+from orchestrator.api.problems import Problem, invalid_field
 from orchestrator.api.routes import (
     BODY_PROBLEMS,
     IDEMPOTENCY_KEY,
@@ -42,7 +42,6 @@ from orchestrator.api.routes import (
     Route,
 )
 from orchestrator.domain.definitions import NAME_PATTERN
-from orchestrator.engine.commands import Conflict, Invalid, NotFound
 from orchestrator.eventstore.types import Position, RecordedEvent
 from projections.views import Page, SagaCounters, SagaSummary, SagaView
 
@@ -72,25 +71,16 @@ async def start(request: web.Request) -> web.Response:
     d = deps(request)
     key = idempotency_key(request)
     body = validate(StartSagaRequest, await read_json(request, d.settings.server.max_body_bytes))
-    try:
-        async with store_guard():
-            started = await d.commands.start(
-                who.tenant,
-                who.actor,
-                name=body.saga_name,
-                version=body.version,
-                context=body.context,
-                client_id=body.saga_id,
-                idempotency_key=key,
-            )
-    except NotFound as e:
-        field = "body.version" if body.version is not None else "body.saga_name"
-        raise Problem(422, "unknown-definition", str(e), [FieldProblem(field, str(e))]) from None
-    except Invalid as e:
-        errors = [FieldProblem("body." + p.split(":", 1)[0], p) for p in e.problems]
-        raise Problem(422, "start-mismatch", "; ".join(e.problems), errors) from None
-    except Conflict as e:
-        raise Problem(409, "saga-id-taken", str(e)) from None
+    async with store_guard():
+        started = await d.commands.start(
+            who.tenant,
+            who.actor,
+            name=body.saga_name,
+            version=body.version,
+            context=body.context,
+            client_id=body.saga_id,
+            idempotency_key=key,
+        )
     if started.created:
         await wake(request, started.saga_id)
     answer = SagaStartedResponse(

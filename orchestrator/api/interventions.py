@@ -17,7 +17,7 @@ from orchestrator.api.common import deps, json_response, principal, saga_id_para
 from orchestrator.api.instances import BASE, idempotency_key
 from orchestrator.api.json_body import read_json
 from orchestrator.api.models import CommandName, InterventionRequest, InterventionResult
-from orchestrator.api.problems import Problem, invalid_field
+from orchestrator.api.problems import invalid_field
 from orchestrator.api.routes import (
     BODY_PROBLEMS,
     IDEMPOTENCY_KEY,
@@ -29,7 +29,6 @@ from orchestrator.api.routes import (
     Route,
 )
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.engine.commands import Conflict, NotFound, PreconditionFailed
 from orchestrator.records.streams import saga_stream
 
 _ETAG = re.compile(r'^(?:W/)?"(\d{1,12})"$|^(\d{1,12})$')
@@ -62,27 +61,18 @@ def handler(command: ManualCommand) -> Handler:
         key = idempotency_key(request) or f"generated:{uuid.uuid4()}"
         expected = if_match(request)
         body = validate(InterventionRequest, await read_json(request, d.settings.server.max_body_bytes))
-        try:
-            async with store_guard():
-                result = await d.commands.intervene(
-                    who.tenant,
-                    who.actor,
-                    saga_id,
-                    command,
-                    reason=body.reason,
-                    idempotency_key=key,
-                    step=body.step,
-                    if_match=expected,
-                )
-                position = (
-                    result.position.encode() if result.position else await _head_position(request, saga_id)
-                )
-        except NotFound as e:
-            raise Problem(404, "not-found", str(e)) from None
-        except PreconditionFailed as e:
-            raise Problem(412, "revision-mismatch", str(e)) from None
-        except Conflict as e:
-            raise Problem(409, "intervention-refused", str(e)) from None
+        async with store_guard():
+            result = await d.commands.intervene(
+                who.tenant,
+                who.actor,
+                saga_id,
+                command,
+                reason=body.reason,
+                idempotency_key=key,
+                step=body.step,
+                if_match=expected,
+            )
+            position = result.position.encode() if result.position else await _head_position(request, saga_id)
         if result.applied:
             await wake(request, saga_id)
         name: CommandName = command.value

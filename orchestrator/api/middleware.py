@@ -13,7 +13,8 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Histogram
 
 from orchestrator.api.common import principal
-from orchestrator.api.problems import Problem, from_http_exception
+from orchestrator.api.problems import Problem, from_app_error, from_http_exception
+from orchestrator.app.errors import AppError
 
 log = structlog.get_logger("orchestrator.api")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -63,6 +64,8 @@ def observe(histogram: Histogram) -> Middleware:
                     response = await handler(request)
             except Problem as e:
                 response = e.response(request.path)
+            except AppError as e:
+                response = from_app_error(e).response(request.path)
             except web.HTTPException as e:
                 response = from_http_exception(e).response(request.path)
             except Exception:

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.app.errors import AppError, Conflict, Invalid, NotFound, PreconditionFailed
+
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "urn:saga-orchestrator:problem:"
 
@@ -97,3 +99,20 @@ def from_http_exception(e: web.HTTPException) -> Problem:
     kinds = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
     headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
     return Problem(e.status, kinds.get(e.status, "http-error"), e.reason, headers=headers)
+
+
+#: the HTTP status of each application error class (the one place the API decides it)
+_APP_STATUS: Mapping[type[AppError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    PreconditionFailed: 412,
+    Invalid: 422,
+}
+
+
+def from_app_error(e: AppError) -> Problem:
+    """A use case's error in our shape: its class decides the status, its code the type, and each issue
+    (a path into the request body) becomes a named field."""
+    status = next((code for cls, code in _APP_STATUS.items() if isinstance(e, cls)), 400)
+    errors = [FieldProblem(f"body.{i.path}" if i.path else "body", i.message) for i in e.issues]
+    return Problem(status, e.code, e.message, errors)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from orchestrator.domain.errors import DefinitionError
+from orchestrator.domain.errors import DefinitionError, Issue
 from orchestrator.domain.timing import RetryPolicy
 from orchestrator.domain.versions import is_semver
 
@@ -167,9 +167,9 @@ def parse_definition(raw: str | bytes | Mapping[str, Any]) -> SagaDefinition:
         try:
             raw = json.loads(raw)
         except ValueError as e:
-            raise DefinitionError([f"definition is not valid JSON: {e}"]) from e
+            raise DefinitionError([Issue("", f"definition is not valid JSON: {e}")]) from e
     if not isinstance(raw, Mapping):
-        raise DefinitionError(["definition must be a JSON object"])
+        raise DefinitionError([Issue("", "definition must be a JSON object")])
     data = dict(raw)
     problems = _unsupported_features(data)
     try:
@@ -196,16 +196,16 @@ def parse_pinned(definition: Mapping[str, Any], expected_hash: str) -> SagaDefin
         return hit[1]
     parsed = parse_definition(definition)
     if definition_hash(parsed) != expected_hash:
-        raise DefinitionError(["the definition does not match its pinned hash"])
+        raise DefinitionError([Issue("", "the definition does not match its pinned hash")])
     if len(_PINNED) >= _PINNED_LIMIT:
         _PINNED.pop(next(iter(_PINNED)))
     _PINNED[expected_hash] = (definition, parsed)
     return parsed
 
 
-def _unsupported_features(data: dict[str, Any]) -> list[str]:
+def _unsupported_features(data: dict[str, Any]) -> list[Issue]:
     """Report (and strip, so the remaining checks still run) fields of features not built yet."""
-    problems: list[str] = []
+    problems: list[Issue] = []
     steps = data.get("steps")
     if not isinstance(steps, list):
         return problems
@@ -215,7 +215,12 @@ def _unsupported_features(data: dict[str, Any]) -> list[str]:
             label = _step_label(step, index)
             for key, feature in UNSUPPORTED_STEP_FIELDS.items():
                 if key in step:
-                    problems.append(f"{label}: field '{key}' ({feature}) is not supported yet")
+                    problems.append(
+                        Issue(
+                            f"steps[{index}].{key}",
+                            f"{label}: field '{key}' ({feature}) is not supported yet",
+                        )
+                    )
             step = {k: v for k, v in step.items() if k not in UNSUPPORTED_STEP_FIELDS}
         cleaned.append(step)
     data["steps"] = cleaned
@@ -227,22 +232,24 @@ def _step_label(step: Mapping[str, Any], index: int) -> str:
     return f"step {name!r}" if isinstance(name, str) else f"steps[{index}]"
 
 
-def _describe(error: ErrorDetails, data: Mapping[str, Any]) -> str:
+def _describe(error: ErrorDetails, data: Mapping[str, Any]) -> Issue:
     loc = list(error["loc"])
-    prefix = "definition"
+    prefix, base = "definition", ""
     if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
         steps = data.get("steps")
         step = steps[loc[1]] if isinstance(steps, list) and loc[1] < len(steps) else None
         prefix = _step_label(step, loc[1]) if isinstance(step, Mapping) else f"steps[{loc[1]}]"
+        base = f"steps[{loc[1]}]"
         loc = loc[2:]
     path = ".".join(str(part) for part in loc)
+    where = ".".join(p for p in (base, path) if p)
     if not path:
-        return f"{prefix}: {error['msg']}"
+        return Issue(where, f"{prefix}: {error['msg']}")
     if error["type"] == "extra_forbidden":
-        return f"{prefix}: unknown field '{path}'"
+        return Issue(where, f"{prefix}: unknown field '{path}'")
     if error["type"] == "missing":
-        return f"{prefix}: field '{path}' is required"
-    return f"{prefix}: field '{path}': {error['msg']}"
+        return Issue(where, f"{prefix}: field '{path}' is required")
+    return Issue(where, f"{prefix}: field '{path}': {error['msg']}")
 
 
 def _policy(value: RetryPolicyInput | None, default: RetryPolicy) -> RetryPolicy:
@@ -252,18 +259,23 @@ def _policy(value: RetryPolicyInput | None, default: RetryPolicy) -> RetryPolicy
 
 
 def _resolve(parsed: SagaInput) -> SagaDefinition:
-    problems: list[str] = []
+    problems: list[Issue] = []
     saga_retry = _policy(parsed.retry, RetryPolicy())
-    for label, policy in [
-        ("definition", parsed.retry),
-        *((f"step {s.name!r}", s.retry) for s in parsed.steps),
+    for path, label, policy in [
+        ("retry", "definition", parsed.retry),
+        *((f"steps[{i}].retry", f"step {s.name!r}", s.retry) for i, s in enumerate(parsed.steps)),
     ]:
         if policy is not None and policy.max_interval < policy.initial_interval:
-            problems.append(f"{label}: retry.max_interval must be >= retry.initial_interval")
+            problems.append(
+                Issue(
+                    f"{path}.max_interval", f"{label}: retry.max_interval must be >= retry.initial_interval"
+                )
+            )
 
     names = [s.name for s in parsed.steps]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"duplicate step name {name!r}")
+        second = [i for i, n in enumerate(names) if n == name][1]
+        problems.append(Issue(f"steps[{second}].name", f"duplicate step name {name!r}"))
     known = set(names)
     sequential = all(s.depends_on is None for s in parsed.steps)
     steps: list[StepSpec] = []
@@ -272,13 +284,14 @@ def _resolve(parsed: SagaInput) -> SagaDefinition:
             deps: tuple[str, ...] = (names[index - 1],) if index else ()
         else:
             deps = tuple(s.depends_on or ())
+        where = f"steps[{index}].depends_on"
         for dep in sorted({d for d in deps if deps.count(d) > 1}):
-            problems.append(f"step {s.name!r}: depends_on lists {dep!r} more than once")
+            problems.append(Issue(where, f"step {s.name!r}: depends_on lists {dep!r} more than once"))
         for dep in deps:
             if dep == s.name:
-                problems.append(f"step {s.name!r}: depends_on names the step itself")
+                problems.append(Issue(where, f"step {s.name!r}: depends_on names the step itself"))
             elif dep not in known:
-                problems.append(f"step {s.name!r}: depends_on names unknown step {dep!r}")
+                problems.append(Issue(where, f"step {s.name!r}: depends_on names unknown step {dep!r}"))
         steps.append(
             StepSpec(
                 name=s.name,
@@ -298,7 +311,8 @@ def _resolve(parsed: SagaInput) -> SagaDefinition:
         raise DefinitionError(problems)
     cycle = _find_cycle(steps)
     if cycle:
-        raise DefinitionError([f"dependency cycle: {' -> '.join(cycle)} (each step depends on the next)"])
+        message = f"dependency cycle: {' -> '.join(cycle)} (each step depends on the next)"
+        raise DefinitionError([Issue("steps", message)])
     definition = SagaDefinition(parsed.name, parsed.version, tuple(steps), parsed.timeout, saga_retry)
     problems.extend(_pivot_problems(definition))
     if problems:
@@ -306,21 +320,29 @@ def _resolve(parsed: SagaInput) -> SagaDefinition:
     return definition
 
 
-def _kind_problems(steps: list[StepSpec]) -> list[str]:
-    problems: list[str] = []
-    for s in steps:
+def _kind_problems(steps: list[StepSpec]) -> list[Issue]:
+    problems: list[Issue] = []
+    for i, s in enumerate(steps):
+        where = f"steps[{i}].compensation"
         if s.kind == "compensatable" and s.compensation is None:
             problems.append(
-                f"step {s.name!r}: a compensatable step needs 'compensation' "
-                "(a step that cannot be undone is the pivot or comes after it as 'retriable')"
+                Issue(
+                    where,
+                    f"step {s.name!r}: a compensatable step needs 'compensation' "
+                    "(a step that cannot be undone is the pivot or comes after it as 'retriable')",
+                )
             )
         elif s.kind == "pivot" and s.compensation is not None:
-            problems.append(f"step {s.name!r}: a pivot has no compensation")
+            problems.append(Issue(where, f"step {s.name!r}: a pivot has no compensation"))
         elif s.kind == "retriable" and s.compensation is not None:
-            problems.append(f"step {s.name!r}: a retriable step is never compensated; remove 'compensation'")
+            problems.append(
+                Issue(where, f"step {s.name!r}: a retriable step is never compensated; remove 'compensation'")
+            )
     pivots = [s.name for s in steps if s.kind == "pivot"]
     if len(pivots) > 1:
-        problems.append(f"at most one pivot per saga; found {', '.join(repr(p) for p in pivots)}")
+        problems.append(
+            Issue("steps", f"at most one pivot per saga; found {', '.join(repr(p) for p in pivots)}")
+        )
     return problems
 
 
@@ -351,27 +373,40 @@ def _find_cycle(steps: list[StepSpec]) -> list[str] | None:
     return None
 
 
-def _pivot_problems(definition: SagaDefinition) -> list[str]:
+def _pivot_problems(definition: SagaDefinition) -> list[Issue]:
     pivot = definition.pivot
     if pivot is None:
         return [
-            f"step {s.name!r}: a retriable step must come after a pivot (this saga has none)"
-            for s in definition.steps
+            Issue(
+                f"steps[{i}].kind",
+                f"step {s.name!r}: a retriable step must come after a pivot (this saga has none)",
+            )
+            for i, s in enumerate(definition.steps)
             if s.kind == "retriable"
         ]
-    problems: list[str] = []
+    problems: list[Issue] = []
     before = definition.ancestors(pivot.name)
     after = definition.descendants(pivot.name)
-    for s in definition.steps:
+    for i, s in enumerate(definition.steps):
+        where = f"steps[{i}].kind"
         if s.name == pivot.name:
             continue
         if s.name in before and s.kind != "compensatable":
-            problems.append(f"step {s.name!r} runs before the pivot {pivot.name!r} and must be compensatable")
+            problems.append(
+                Issue(
+                    where, f"step {s.name!r} runs before the pivot {pivot.name!r} and must be compensatable"
+                )
+            )
         elif s.name in after and s.kind != "retriable":
-            problems.append(f"step {s.name!r} runs after the pivot {pivot.name!r} and must be retriable")
+            problems.append(
+                Issue(where, f"step {s.name!r} runs after the pivot {pivot.name!r} and must be retriable")
+            )
         elif s.name not in before and s.name not in after:
             problems.append(
-                f"step {s.name!r} is neither an ancestor nor a descendant of the pivot {pivot.name!r}"
+                Issue(
+                    where,
+                    f"step {s.name!r} is neither an ancestor nor a descendant of the pivot {pivot.name!r}",
+                )
             )
     return problems
 

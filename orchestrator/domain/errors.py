@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class DomainError(Exception):
     """Root of every exception raised by ``orchestrator.domain``."""
 
 
-class DefinitionError(DomainError):
-    """A saga definition is invalid; ``problems`` holds one precise message per problem (HTTP 422)."""
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem with one part of an input: ``path`` points into it the way a client wrote it
+    (``steps[2].timeout``, ``retry.max_interval``; empty for the whole input), ``message`` says what is
+    wrong in words that stand alone."""
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems: tuple[str, ...] = tuple(problems)
+    path: str
+    message: str
+
+
+class DefinitionError(DomainError):
+    """A saga definition is invalid; ``issues`` holds one precise problem per part (HTTP 422)."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues: tuple[Issue, ...] = tuple(issues)
         super().__init__("invalid saga definition: " + "; ".join(self.problems))
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(i.message for i in self.issues)
 
 
 class DomainConflict(DomainError):

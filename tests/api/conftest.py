@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.api.app import create_app
 from orchestrator.api.deps import ApiDeps, NodeInfo
+from orchestrator.app.commands import SagaCommands
 from orchestrator.domain.state import SagaState
-from orchestrator.engine.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter

@@ -65,7 +65,14 @@ async def test_invalid_definition_names_every_problem(api: Api) -> None:
     unknown = json.loads(SEED_DEFINITION)
     unknown["steps"][2]["service"] = "unknown-service"
     body = await problem(await api.register(unknown), 422)
+    assert fields(body) == ["body.steps[2].service"]
     assert any("unknown-service" in e["problem"] for e in body["errors"])
+    # Each semantic problem names the part of the body it is about (no message is parsed for it).
+    tangled = json.loads(SEED_DEFINITION)
+    tangled["steps"][2]["name"] = tangled["steps"][0]["name"]
+    tangled["steps"][1]["depends_on"] = ["nowhere"]
+    body = await problem(await api.register(tangled), 422)
+    assert set(fields(body)) == {"body.steps[2].name", "body.steps[1].depends_on"}
     assert await api.snapshot() == before
 
 

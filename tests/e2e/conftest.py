@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.app.commands import SagaCommands
 from orchestrator.domain.state import SagaState
 from orchestrator.domain.timing import Tuning
-from orchestrator.engine.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter

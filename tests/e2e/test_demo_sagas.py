@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from orchestrator.app.commands import SagaCommands
 from orchestrator.demo import DemoState, create_demo_app
 from orchestrator.demo.services import TASKS
 from orchestrator.domain.vocabulary import ManualCommand, SagaStatus
-from orchestrator.engine.commands import SagaCommands
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from tests.e2e.conftest import TUNING, Harness, seed_definition
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine.commands import SagaCommands
+from orchestrator.app.commands import SagaCommands
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.failpoints import NAMES
 from tests.e2e.conftest import TUNING

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.app.errors import Conflict
 from orchestrator.domain.vocabulary import ManualCommand, SagaStatus
-from orchestrator.engine.commands import Conflict
 from tests.e2e.conftest import Harness, seed_definition
 
 

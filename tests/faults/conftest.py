@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestrator.app.commands import Conflict, SagaCommands
 from orchestrator.domain.state import SagaState, phase, pivot_succeeded
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import CallStatus, ManualCommand, SagaStatus
-from orchestrator.engine.commands import Conflict, SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter

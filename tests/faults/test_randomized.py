@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from orchestrator.app.errors import Conflict
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.engine.commands import Conflict
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.errors import (
     EventStoreError,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.engine.commands import SagaCommands
+from orchestrator.app.commands import SagaCommands
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from tests.e2e.conftest import TUNING, Harness, seed_definition
 from tests.e2e.participants import Participants

@@ -223,8 +223,8 @@ async def test_an_unexpected_error_in_the_writer_answers_everyone_and_refuses_ne
 async def test_readiness_fails_once_the_writer_has_failed(tmp_path: Path) -> None:
     from orchestrator.api.app import create_app
     from orchestrator.api.deps import ApiDeps, NodeInfo
+    from orchestrator.app.commands import SagaCommands
     from orchestrator.domain.timing import Tuning
-    from orchestrator.engine.commands import SagaCommands
     from orchestrator.settings import Settings
 
     store = await EmbeddedEventStore.open(tmp_path)

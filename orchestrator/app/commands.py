@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.app.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from orchestrator.domain.commands import Intervene
 from orchestrator.domain.decide import begin, decide
 from orchestrator.domain.definitions import (
@@ -26,7 +27,7 @@ from orchestrator.domain.definitions import (
     parse_definition,
     parse_pinned,
 )
-from orchestrator.domain.errors import DefinitionError, DomainConflict
+from orchestrator.domain.errors import DefinitionError, DomainConflict, Issue
 from orchestrator.domain.events import SagaStarted
 from orchestrator.domain.requests import canonical_bytes
 from orchestrator.domain.state import SagaState, fold
@@ -48,34 +49,6 @@ from orchestrator.records.streams import (
 
 #: re-decisions after losing a race to another writer before the caller gets a 409
 _RACES = 10
-
-
-class CommandError(Exception):
-    """Root of the command errors; each maps to one HTTP status."""
-
-    status = 400
-
-
-class NotFound(CommandError):
-    status = 404
-
-
-class Conflict(CommandError):
-    status = 409
-
-
-class PreconditionFailed(CommandError):
-    status = 412
-
-
-class Invalid(CommandError):
-    """The request cannot be accepted as sent; ``problems`` name each field and problem."""
-
-    status = 422
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("; ".join(self.problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +123,17 @@ class SagaCommands:
         try:
             definition = parse_definition(raw)
         except DefinitionError as e:
-            raise Invalid(e.problems) from e
-        unknown = sorted({s.service for s in definition.steps if not self._service_known(s.service)})
+            raise Invalid(e.issues, code="invalid-definition") from e
+        unknown = [
+            Issue(
+                f"steps[{i}].service",
+                f"step {s.name!r}: service {s.service!r} is not in the service registry",
+            )
+            for i, s in enumerate(definition.steps)
+            if not self._service_known(s.service)
+        ]
         if unknown:
-            raise Invalid([f"steps: service {s!r} is not in the service registry" for s in unknown])
+            raise Invalid(unknown, code="invalid-definition")
         stream = definition_stream(tenant, definition.name)
         body = canonical_json(definition)
         for _ in range(_RACES):
@@ -168,7 +148,9 @@ class SagaCommands:
                         return Registered(definition, False, recorded.position)
                     raise Conflict(
                         f"definition {definition.name!r} version {definition.version!r} already exists"
-                        " with different content; register a new version"
+                        " with different content; register a new version",
+                        [Issue("version", "this version exists with different content")],
+                        code="definition-conflict",
                     )
             data = {
                 "tenant": tenant,
@@ -187,7 +169,7 @@ class SagaCommands:
             except WrongExpectedRevision:
                 continue
             return Registered(definition, True, result.position)
-        raise Conflict("the definition is being changed concurrently; try again")
+        raise Conflict("the definition is being changed concurrently; try again", code="definition-conflict")
 
     # --- sagas -----------------------------------------------------------------------------------------
     async def start(
@@ -202,14 +184,19 @@ class SagaCommands:
         idempotency_key: str | None = None,
     ) -> Started:
         if client_id is not None and not CLIENT_ID.match(client_id):
-            raise Invalid([f"saga_id: {client_id!r} must match {CLIENT_ID.pattern}"])
+            raise Invalid([Issue("saga_id", f"{client_id!r} must match {CLIENT_ID.pattern}")])
         saga_id = saga_id_for(tenant, client_id, idempotency_key)
         stream = saga_stream(saga_id)
         request = start_request_hash(name, version, context)
         existing = await self._first_event(stream)
         if existing is not None:
             return self._same_start(existing, tenant, saga_id, stream, request)
-        definition = await self.get_definition(tenant, name, version)
+        try:
+            definition = await self.get_definition(tenant, name, version)
+        except NotFound as e:
+            # The request names a definition that does not exist: a problem with the request's field.
+            field = "version" if version is not None else "saga_name"
+            raise Invalid([Issue(field, e.message)], code="unknown-definition") from None
         started = begin(
             tenant=tenant,
             saga_id=saga_id,
@@ -246,9 +233,12 @@ class SagaCommands:
         decoded = from_recorded(first)
         event = decoded.event
         if not isinstance(event, SagaStarted) or event.tenant != tenant:
-            raise Conflict("this saga id is taken")
+            raise Conflict("this saga id is taken", [Issue("saga_id", "taken")], code="saga-id-taken")
         if decoded.metadata.get("request_hash") != request:
-            raise Invalid(["saga_id: a saga with this id was already started with a different request"])
+            raise Invalid(
+                [Issue("saga_id", "a saga with this id was already started with a different request")],
+                code="start-mismatch",
+            )
         return Started(saga_id, stream, False, first.position, event.definition_version)
 
     async def load(self, tenant: str, saga_id: str) -> tuple[SagaState, list[RecordedEvent]]:
@@ -278,12 +268,14 @@ class SagaCommands:
         for _ in range(_RACES):
             state, _events = await self.load(tenant, saga_id)
             if if_match is not None and if_match != state.revision:
-                raise PreconditionFailed(f"the saga is at revision {state.revision}, not {if_match}")
+                raise PreconditionFailed(
+                    f"the saga is at revision {state.revision}, not {if_match}", code="revision-mismatch"
+                )
             message = Intervene(command, actor, reason, idempotency_key, step)
             try:
                 events = decide(state, message, self._now(), self._tuning)
             except DomainConflict as e:
-                raise Conflict(str(e)) from e
+                raise Conflict(str(e), code="intervention-refused") from e
             if not events:
                 return Intervened(saga_id, state.revision, False, None)
             envelope = Envelope(
@@ -294,10 +286,14 @@ class SagaCommands:
                 result = await self._store.append(stream, new, expected=state.revision)
             except WrongExpectedRevision:
                 if if_match is not None:
-                    raise PreconditionFailed("the saga changed while the command was decided") from None
+                    raise PreconditionFailed(
+                        "the saga changed while the command was decided", code="revision-mismatch"
+                    ) from None
                 continue
             return Intervened(saga_id, state.revision + len(events), True, result.position)
-        raise Conflict("the saga is changing too fast to apply the command; try again")
+        raise Conflict(
+            "the saga is changing too fast to apply the command; try again", code="intervention-refused"
+        )
 
 
 def _with_meta(stream: str, event: NewEvent, **extra: str) -> NewEvent:

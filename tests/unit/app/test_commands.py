@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from orchestrator.app.commands import SagaCommands
+from orchestrator.app.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import ManualCommand, SagaStatus
-from orchestrator.engine.commands import Conflict, Invalid, NotFound, PreconditionFailed, SagaCommands
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.records.streams import saga_stream
 from tests.e2e.conftest import seed_definition
@@ -80,8 +81,9 @@ async def test_start_identity_by_client_id(commands: SagaCommands) -> None:
     other = await _start(commands, tenant="globex", client_id="order-123")
     assert other.created
     assert other.saga_id != first.saga_id
-    with pytest.raises(Invalid, match="saga_id"):
+    with pytest.raises(Invalid, match="must match") as info:
         await _start(commands, client_id="-bad id")
+    assert [i.path for i in info.value.issues] == ["saga_id"]
 
 
 async def test_start_identity_by_idempotency_key(commands: SagaCommands) -> None:
