@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict orchestrator projections
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -21,7 +21,8 @@ import structlog
 from orchestrator.eventstore import EventFilter, EventStore, Position
 from projections.metrics import ProjectionMetrics
 from projections.redis_store import RedisViewStore
-from projections.runner import Projector, Runner, RunnerSettings, wait_for_position
+from projections.runner import Runner, RunnerSettings, wait_for_position
+from projections.updates import Projector
 
 __all__ = [
     "Rebuild",

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 
@@ -38,7 +37,7 @@ from orchestrator.eventstore import (
 )
 from projections.metrics import ProjectionMetrics
 from projections.redis_store import ReadModelError, RedisViewStore
-from projections.updates import Update
+from projections.updates import Projector, Update
 
 __all__ = [
     "ProjectionMetrics",
@@ -50,13 +49,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-
-class Projector(Protocol):
-    """A pure read model: the updates one event implies. No IO, no clock: everything it needs comes from
-    the event (times from ``recorded_at``), and read-modify-write happens in the store (``IndexMove``)."""
-
-    def project(self, event: RecordedEvent) -> Sequence[Update]: ...
 
 
 class ProjectorError(Exception):

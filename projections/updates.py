@@ -10,10 +10,12 @@ reading in Python and writing later would race with nothing but would break the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
+
+from orchestrator.eventstore.types import RecordedEvent
 
 __all__ = [
     "Delete",
@@ -175,3 +177,10 @@ class IndexMove:
 Update: TypeAlias = (
     HSet | HDel | Delete | ZAdd | ZRem | ZRemRangeByScore | HIncrBy | HIncrByFloat | ExpireAt | IndexMove
 )
+
+
+class Projector(Protocol):
+    """A pure read model: the updates one event implies. No IO, no clock: everything it needs comes from
+    the event (times from ``recorded_at``), and read-modify-write happens in the store (``IndexMove``)."""
+
+    def project(self, event: RecordedEvent) -> Sequence[Update]: ...

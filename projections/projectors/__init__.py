@@ -11,7 +11,7 @@ from projections.projectors.definitions import DefinitionCatalogueProjector
 from projections.projectors.dlq import DlqProjector
 from projections.projectors.saga_detail import DEFAULT_RETENTION, SagaDetailProjector
 from projections.projectors.saga_lists import SagaListsProjector
-from projections.runner import Projector
+from projections.updates import Projector
 
 __all__ = ["DEFAULT_RETENTION", "SAGA_FILTER", "saga_projectors"]
 
