@@ -10,8 +10,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.eventstore.embedded.writer import WriterStats
-
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -83,9 +81,29 @@ class EngineMetrics:
         )
 
 
+class WriterCounters(Protocol):
+    """What the collector reads of the embedded writer's stats (no import of the store itself, so the
+    engine and the API do not load the SQLite store for their metrics)."""
+
+    @property
+    def wal_bytes(self) -> int: ...
+    @property
+    def commits(self) -> int: ...
+    @property
+    def appends(self) -> int: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def wal_checkpoints(self) -> int: ...
+    @property
+    def after_commit_errors(self) -> int: ...
+    @property
+    def grouped_requests(self) -> int: ...
+
+
 class WriterStatsSource(Protocol):
     @property
-    def stats(self) -> WriterStats: ...
+    def stats(self) -> WriterCounters: ...
 
 
 class EmbeddedStoreCollector(Collector):
