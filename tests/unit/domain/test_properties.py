@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -131,16 +131,17 @@ def _late(saga: Saga) -> list[tuple[str, Phase, int]]:
     return found
 
 
-@given(definitions(), st.data())
-@BOUNDED
-def test_decider_properties_hold_for_any_run(d: SagaDefinition, data: st.DataObject) -> None:
-    saga = Saga(d)
-    _check_append(saga, saga.history)
+Check = Callable[[Saga, Sequence[tuple[Event, Any]] | Sequence[Event], bool], None]
+
+
+def drive(saga: Saga, data: st.DataObject, check: Check) -> None:
+    """Run ``saga`` through up to 60 random rounds of the actor, outcomes (late ones too), timers, time
+    and people's commands; ``check(saga, new events, after_actor)`` after each change."""
     for _ in range(60):
         if is_terminal(saga.state):
             break
         plan = saga.run()
-        _check_append(saga, plan.events, after_actor=True)
+        check(saga, plan.events, True)
         choices: list[Any] = [("outcome", c) for c in _in_flight(saga)] + [("late", c) for c in _late(saga)]
         if saga.state.timers:
             choices.append(("timer", None))
@@ -174,7 +175,15 @@ def test_decider_properties_hold_for_any_run(d: SagaDefinition, data: st.DataObj
             saga.tick(data.draw(st.sampled_from([500, 2_500, 10_000])))
         else:
             _person(saga, choice, data)
-        _check_append(saga, saga.history[before:])
+        check(saga, saga.history[before:], False)
+
+
+@given(definitions(), st.data())
+@BOUNDED
+def test_decider_properties_hold_for_any_run(d: SagaDefinition, data: st.DataObject) -> None:
+    saga = Saga(d)
+    _check_append(saga, saga.history)
+    drive(saga, data, _check_append)
     _check_history(saga)
     event(f"final status: {saga.state.status}")
     for name in {type(e).__name__ for e, _ in saga.history}:

@@ -1,0 +1,79 @@
+"""The read side re-derives saga status rules (projections/projectors/assemble.py) from the fields the
+projectors write. For any history the decider can produce, after every change, the assembled view must
+say what the domain's fold says: the saga's status, and each call's status, attempt and key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.domain import SagaDefinition
+from orchestrator.domain.events import Event
+from orchestrator.eventstore import NO_STREAM, Position, RecordedEvent
+from orchestrator.records.codec import Envelope, to_new_events
+from projections.projectors import saga_projectors
+from projections.projectors.assemble import assemble_saga
+from tests.unit.domain.support import Saga
+from tests.unit.domain.test_properties import BOUNDED, definitions, drive
+from tests.unit.projections.test_saga_projectors import apply as apply_updates
+
+
+class Projected:
+    """The saga's history as the engine records it, projected as it is recorded."""
+
+    def __init__(self, saga: Saga) -> None:
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.projectors = saga_projectors()
+        self.count = 0
+        self.key = f"{saga.state.tenant}:saga:{saga.state.saga_id}"
+
+    def catch_up(self, saga: Saga) -> None:
+        stream = f"saga-{saga.state.saga_id}"
+        envelope = Envelope(tenant=saga.state.tenant, actor="engine", correlation_id="c", causation_id="c")
+        for event, recorded_at in saga.history[self.count :]:
+            expected = NO_STREAM if self.count == 0 else self.count - 1
+            new = to_new_events(stream, expected, [event], envelope)[0]
+            recorded = RecordedEvent(
+                new.id,
+                new.type,
+                new.data,
+                new.metadata,
+                stream,
+                self.count,
+                Position(1 + self.count),
+                recorded_at,
+            )
+            for projector in self.projectors:
+                apply_updates(self.hashes, projector.project(recorded))
+            self.count += 1
+
+
+def agree(saga: Saga, projected: Projected) -> None:
+    projected.catch_up(saga)
+    view = assemble_saga(projected.hashes[projected.key])
+    assert view is not None
+    state = saga.state
+    assert view.status == state.status.value, (view.status, state.status, saga.history[-1][0])
+    assert view.revision == state.revision
+    for step in view.steps:
+        folded = state.steps[step.name]
+        for shown, call in ((step.action_call, folded.action), (step.compensation_call, folded.compensation)):
+            assert shown.status == call.status.value, (step.name, shown, call)
+            assert shown.attempts == call.attempt, (step.name, shown, call)
+            assert shown.idempotency_key == call.idempotency_key, (step.name, shown, call)
+
+
+@given(definitions(), st.data())
+@BOUNDED
+def test_the_assembled_view_agrees_with_the_fold(d: SagaDefinition, data: st.DataObject) -> None:
+    saga = Saga(d)
+    projected = Projected(saga)
+    agree(saga, projected)
+
+    def check(s: Saga, _new: Sequence[tuple[Event, Any]] | Sequence[Event], _after: bool) -> None:
+        agree(s, projected)
+
+    drive(saga, data, check)
