@@ -6,15 +6,26 @@ Adapters are imported inside the harness, so collecting the suite never depends 
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import subprocess
+import sys
+import time
 from abc import ABC, abstractmethod
 from contextlib import suppress
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from orchestrator.eventstore import EventStore, EventStoreError, SubscriptionNotFound
 
 EVENTSTORE_URL = "EVENTSTORE_URL"
-NO_SERVER = "EVENTSTORE_URL not set: contract suite runs against the embedded store only"
+LOCAL_SERVER = (
+    "EVENTSTORE_URL not set: the KurrentDB lane runs against the local server "
+    "(python -m orchestrator.eventstore.server over the embedded store)"
+)
+#: the reason persistent-subscription cases of the KurrentDB lane are skipped on the local server
+NO_PERSISTENT = "local server: persistent subscriptions: issue 12 part 2"
 
 
 class StoreHarness(ABC):
@@ -96,6 +107,7 @@ class EmbeddedHarness(StoreHarness):
 
 class KurrentHarness(StoreHarness):
     name = "kurrent"
+    # One server for the whole session (a live one, or the local one started by the fixtures).
     shared = True
     # The server counts an event type twice (UTF-16) where NewEvent.size counts its UTF-8 bytes once.
     append_size_slack = 4096
@@ -111,3 +123,76 @@ class KurrentHarness(StoreHarness):
 
         store: EventStore = await open_kurrent_store(self._url)
         return store
+
+
+class LocalServer:
+    """The local KurrentDB-compatible server as a subprocess (never a fork: gRPC objects belong to the
+    process and event loop that made them). Requests it refuses are read back from its report file."""
+
+    START_TIMEOUT = 30.0
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.report = directory / "refused.jsonl"
+        self._log = directory / "server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        command = [
+            sys.executable,
+            "-m",
+            "orchestrator.eventstore.server",
+            "--data-dir",
+            str(self._directory / "data"),
+        ]
+        command += ["--port", "0", "--report", str(self.report)]
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, env=dict(os.environ)
+            )
+        line = self._first_line()
+        from orchestrator.eventstore.server import LISTENING
+
+        if not line.startswith(LISTENING):
+            self.stop()
+            raise RuntimeError(f"local event store server did not start: {line!r}; log: {self.log_tail()}")
+        address = line.removeprefix(LISTENING).strip()
+        self.url = f"esdb://{address}?tls=false"
+        return self.url
+
+    def _first_line(self) -> str:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self._process.stdout], [], [], 0.1)
+            if ready:
+                return self._process.stdout.readline().decode()
+            if self._process.poll() is not None:
+                return f"(exited with {self._process.returncode})"
+        return "(no line within the start timeout)"
+
+    def refused(self) -> list[dict[str, Any]]:
+        """Requests the server refused (unimplemented) or failed on (a bug of the server), so far."""
+        if not self.report.exists():
+            return []
+        return [json.loads(line) for line in self.report.read_text(encoding="utf-8").splitlines() if line]
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self._log.exists():
+            return ""
+        return "\n".join(self._log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()

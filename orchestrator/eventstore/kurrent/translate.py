@@ -92,6 +92,10 @@ def translate(
         return EventStoreError(f"the server refused the request ({detail})")
     if isinstance(e, kx.InvalidArgumentError):
         return EventStoreError(f"the server refused the request ({detail})")
+    if type(e) is kx.GrpcError and "UNIMPLEMENTED" in str(e):
+        # The client has no class for UNIMPLEMENTED (it wraps the whole RpcError text); retrying a request
+        # this server does not know would loop for ever, so it is an error, not a transient failure.
+        return EventStoreError(f"the server does not implement this request ({detail})")
     if isinstance(e, kx.CancelledByClientError | kx.ProgrammingError):
         # The client cancels its streams when the connection is closed under them, and raises
         # ProgrammingError when used without (or after) a connection.

@@ -1,0 +1,47 @@
+"""``python -m orchestrator.eventstore.server --data-dir DIR [--host H] [--port P] [--report FILE]``:
+serve until SIGINT/SIGTERM. Prints one line once it listens (with the real port when ``--port 0``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from orchestrator.eventstore.server.app import LISTENING, EventStoreServer, ServerOptions
+
+
+def _parse(argv: list[str] | None) -> ServerOptions:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.eventstore.server", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True, help="the embedded store's directory")
+    parser.add_argument("--host", default="127.0.0.1", help="insecure, so loopback by default")
+    parser.add_argument("--port", type=int, default=2113, help="0 picks a free port")
+    parser.add_argument("--report", type=Path, default=None, help="append refused requests here (JSON lines)")
+    args = parser.parse_args(argv)
+    return ServerOptions(data_dir=args.data_dir, host=args.host, port=args.port, report=args.report)
+
+
+async def _serve(options: ServerOptions) -> None:
+    server = await EventStoreServer.start(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{LISTENING} {server.address}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = _parse(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(options))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
