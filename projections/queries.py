@@ -9,11 +9,8 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
-
-from redis.exceptions import RedisError
 
 from orchestrator.domain.versions import latest_version, semver_key
 from orchestrator.eventstore import Position
@@ -32,7 +29,7 @@ from projections.projectors.keys import (
     phase_index,
     saga_key,
 )
-from projections.redis_store import ReadModelError, RedisViewStore
+from projections.redis_store import RedisViewStore, translated
 from projections.runner import wait_for_position
 from projections.views import DefinitionSummary, Page, SagaCounters, SagaSummary, SagaView
 
@@ -68,15 +65,6 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     ):
         raise ValueError("malformed cursor")
     return float(value[0]), value[1]
-
-
-@asynccontextmanager
-async def translated() -> AsyncIterator[None]:
-    """Redis failures as :class:`ReadModelError` (the API answers 503), as in the store."""
-    try:
-        yield
-    except RedisError as e:
-        raise ReadModelError(f"redis: {e}") from e
 
 
 class ReadModels:

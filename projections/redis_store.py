@@ -161,7 +161,8 @@ def _match_escape(text: str) -> str:
 
 
 @asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
+async def translated() -> AsyncIterator[None]:
+    """The one place Redis failures become :class:`ReadModelError` (the API answers 503)."""
     try:
         yield
     except RedisError as e:
@@ -212,12 +213,12 @@ class RedisViewStore:
 
     # --- positions and generations ------------------------------------------------------------------
     async def position(self, generation: int) -> Position | None:
-        async with _translated():
+        async with translated():
             raw = await self._client.get(self._position_key(generation))
         return None if raw is None else Position(int(raw))
 
     async def active_generation(self) -> int | None:
-        async with _translated():
+        async with translated():
             raw = await self._client.get(self._active_key)
         return None if raw is None else int(raw)
 
@@ -232,7 +233,7 @@ class RedisViewStore:
             str(generation),
             "" if min_position is None else str(min_position.commit),
         ]
-        async with _translated():
+        async with translated():
             status, value = await _SET_ACTIVE(self._client, keys, args)
         if status == 1:
             return SwitchResult(True, generation)
@@ -270,7 +271,7 @@ class RedisViewStore:
             lease_owner or "",
             ops,
         ]
-        async with _translated():
+        async with translated():
             reply = await _APPLY(self._client, [*fixed, *extra], args)
         status = int(reply[0])
         if status == 1:
@@ -284,7 +285,7 @@ class RedisViewStore:
         """Generations that hold a position (have applied at least one batch), ascending."""
         pattern = _match_escape(f"{self.prefix}:g") + "*:position"
         found: set[int] = set()
-        async with _translated():
+        async with translated():
             async for key in self._client.scan_iter(match=pattern, count=1000):
                 middle = key[len(self.prefix) + 2 : -len(":position")]
                 if middle.isdigit():
@@ -295,7 +296,7 @@ class RedisViewStore:
         """Whether ``generation`` holds any view key (its position and lease do not count)."""
         gen_prefix = self.generation_prefix(generation)
         bookkeeping = {self._position_key(generation), self._lease_key(generation)}
-        async with _translated():
+        async with translated():
             async for key in self._client.scan_iter(match=_match_escape(gen_prefix) + "*", count=1000):
                 if key not in bookkeeping:
                     return True
@@ -309,7 +310,7 @@ class RedisViewStore:
         (:func:`projections.rebuild.needs_rebuild`) rather than one that looks caught up but lacks keys.
         """
         deleted = 0
-        async with _translated():
+        async with translated():
             deleted += int(await self._client.unlink(self._position_key(generation)))
             pattern = _match_escape(self.generation_prefix(generation)) + "*"
             cursor: int = 0
@@ -324,7 +325,7 @@ class RedisViewStore:
     async def check_eviction_policy(self) -> None:
         """Refuse a server that may evict keys. INFO rather than CONFIG GET: managed Redis services
         often disable CONFIG."""
-        async with _translated():
+        async with translated():
             info = await self._client.info("memory")
         policy = str(info.get("maxmemory_policy", ""))
         if policy != _SAFE_POLICY:
@@ -334,18 +335,18 @@ class RedisViewStore:
             )
 
     async def ping(self) -> None:
-        async with _translated():
+        async with translated():
             await self._client.ping()
 
     # --- the runner lease -----------------------------------------------------------------------------
     async def acquire_lease(self, generation: int, owner: str, ttl_ms: int) -> bool:
-        async with _translated():
+        async with translated():
             return bool(await self._client.set(self._lease_key(generation), owner, nx=True, px=ttl_ms))
 
     async def renew_lease(self, generation: int, owner: str, ttl_ms: int) -> bool:
-        async with _translated():
+        async with translated():
             return bool(await _RENEW(self._client, [self._lease_key(generation)], [owner, str(ttl_ms)]))
 
     async def release_lease(self, generation: int, owner: str) -> bool:
-        async with _translated():
+        async with translated():
             return bool(await _RELEASE(self._client, [self._lease_key(generation)], [owner]))

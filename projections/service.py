@@ -21,9 +21,9 @@ from orchestrator.eventstore import EventStore
 from projections.metrics import ProjectionMetrics
 from projections.projectors import SAGA_FILTER, saga_projectors
 from projections.projectors.keys import tenants_key
-from projections.queries import ReadModels, translated
+from projections.queries import ReadModels
 from projections.rebuild import Rebuild, RebuildProgress, start_serving
-from projections.redis_store import ReadModelError, RedisViewStore
+from projections.redis_store import ReadModelError, RedisViewStore, translated
 from projections.runner import Runner, RunnerSettings
 from projections.views import SagaCounters
 
