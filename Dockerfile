@@ -7,7 +7,7 @@ FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY orchestrator ./orchestrator
 COPY projections ./projections
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

@@ -5,6 +5,8 @@ saga-orchestrator replay SAGA_ID [--at REVISION] [--verify]
 saga-orchestrator definitions register FILE
 saga-orchestrator projections rebuild
 saga-orchestrator eventstore streams|stream|subscriptions|parked …
+
+The README's "Command line" section shows each with an example; a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -14,22 +16,36 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+import structlog
+
+from orchestrator.brief_config import Note
 from orchestrator.cli import commands
 from orchestrator.observability.logging import configure_logging
-from orchestrator.settings import ConfigError, load_settings
+from orchestrator.settings import ConfigError, load_settings_with_notes
 
 ROLES = ("all", "api", "engine", "projector")
+#: what each command works on: its ``--help`` description (the README's CLI table shows the same)
+WORKS_ON = "works on: "
+STORE = WORKS_ON + "the event store, read-only (also while the service runs)"
+SERVICE = WORKS_ON + "the running service, through its HTTP API"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saga-orchestrator", description="event-sourced saga orchestrator")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """The command line; the README's CLI table is this parser's usage, help and description."""
+    root = argparse.ArgumentParser(prog="saga-orchestrator", description="event-sourced saga orchestrator")
+    sub = root.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the service")
+    serve = sub.add_parser(
+        "serve", help="run the service", description=WORKS_ON + "the configured store and Redis"
+    )
     serve.add_argument("--role", choices=ROLES, default="all", help="what this process does (default: all)")
 
-    replay = sub.add_parser("replay", help="the audit timeline of one saga (reads the store read-only)")
-    replay.add_argument("saga_id")
+    replay = sub.add_parser(
+        "replay",
+        help="the audit timeline of one saga",
+        description=f"{STORE}; --verify also asks the service's read model",
+    )
+    replay.add_argument("saga_id", metavar="SAGA_ID")
     replay.add_argument("--at", type=int, metavar="REVISION", help="the full state at this revision")
     replay.add_argument("--verify", action="store_true", help="re-fold, check the pinned definition hash")
     replay.add_argument("--tenant", help="only if the saga belongs to this tenant")
@@ -37,38 +53,53 @@ def _parser() -> argparse.ArgumentParser:
 
     definitions = sub.add_parser("definitions", help="saga definitions (through the running service)")
     dsub = definitions.add_subparsers(dest="action", required=True)
-    register = dsub.add_parser("register", help="register a definition from a JSON file")
-    register.add_argument("file")
+    register = dsub.add_parser("register", help="register a definition from a JSON file", description=SERVICE)
+    register.add_argument("file", metavar="FILE")
     register.add_argument("--url", help="the service's base URL (default: from the settings)")
     register.add_argument("--tenant", help="X-Tenant-Id to send (auth mode trusted-header)")
 
     projections = sub.add_parser("projections", help="read models (through the running service)")
     psub = projections.add_subparsers(dest="action", required=True)
-    rebuild = psub.add_parser("rebuild", help="rebuild the read models into a new generation, then switch")
+    rebuild = psub.add_parser(
+        "rebuild",
+        help="rebuild the read models into a new generation, then switch",
+        description=SERVICE,
+    )
     rebuild.add_argument("--url", help="the service's base URL (default: from the settings)")
 
     store = sub.add_parser("eventstore", help="read-only views of the event store")
     ssub = store.add_subparsers(dest="action", required=True)
-    streams = ssub.add_parser("streams", help="streams of a category")
-    streams.add_argument("--prefix", default="saga-")
-    streams.add_argument("--limit", type=int, default=50)
-    one = ssub.add_parser("stream", help="the events of one stream")
-    one.add_argument("name")
-    ssub.add_parser("subscriptions", help="persistent subscription groups")
-    parked = ssub.add_parser("parked", help="parked events of a group")
-    parked.add_argument("group", nargs="?", default="orchestrator")
-    parked.add_argument("--limit", type=int, default=50)
-    return parser
+    streams = ssub.add_parser("streams", help="streams of a category", description=STORE)
+    streams.add_argument("--prefix", default="saga-", help="the category's prefix (default: saga-)")
+    streams.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default: 50)")
+    one = ssub.add_parser("stream", help="the events of one stream", description=STORE)
+    one.add_argument("name", metavar="STREAM")
+    ssub.add_parser("subscriptions", help="persistent subscription groups", description=STORE)
+    parked = ssub.add_parser("parked", help="parked events of a group", description=STORE)
+    parked.add_argument("group", nargs="?", default="orchestrator", metavar="GROUP")
+    parked.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default: 50)")
+    return root
+
+
+def log_notes(notes: Sequence[Note]) -> None:
+    """What loading the settings found worth saying (an alias overridden or not used), once logging is set."""
+    log = structlog.get_logger("orchestrator.settings")
+    for note in notes:
+        if note.level == "warning":
+            log.warning(note.event, detail=note.message)
+        else:
+            log.info(note.event, detail=note.message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        settings = load_settings()
+        settings, notes = load_settings_with_notes()
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    log_notes(notes)
     try:
         return asyncio.run(commands.dispatch(args, settings))
     except commands.CliError as e:

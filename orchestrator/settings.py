@@ -2,44 +2,30 @@
 overlaid by ``SAGA_…`` environment variables (nested with ``__``, e.g. ``SAGA_ENGINE__MAX_IN_FLIGHT``).
 
 Service names carry hyphens, which environment variable names cannot, so the whole service registry can
-also be given as one JSON object in ``SAGA_SERVICES``.
+also be given as one JSON object in ``SAGA_SERVICES``. The brief's own shape (``orchestrator:`` in the file,
+``DATABASE_URL`` / ``CLUSTER_ENABLED`` in the environment) is an alias layer below the native names
+(:mod:`orchestrator.brief_config`).
+
+No error raised here quotes a configured value: URLs carry credentials and some values are secrets.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+from orchestrator.brief_config import Note
+from orchestrator.config_file import NOTES, ConfigError, FileSource, describe, substitute
 
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and the problem."""
-
-
-def substitute(text: str, env: dict[str, str] | None = None) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset variable without a default is an error."""
-    env = dict(os.environ) if env is None else env
-
-    def repl(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"configuration refers to ${{{name}}}, which is not set and has no default")
-
-    return _VAR.sub(repl, text)
+__all__ = ["ConfigError", "Settings", "load_settings", "load_settings_with_notes", "substitute"]
 
 
 class _Strict(BaseModel):
@@ -136,6 +122,11 @@ class ProjectionSettings(_Strict):
     retention_days: float = Field(default=30.0, gt=0)
 
 
+class ObservabilitySettings(_Strict):
+    #: off: ``/metrics`` answers 404 (the process still keeps its metrics)
+    metrics_enabled: bool = True
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -155,6 +146,7 @@ class Settings(BaseSettings):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     demo: DemoSettings = DemoSettings()
     projections: ProjectionSettings = ProjectionSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
@@ -167,33 +159,28 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: explicit arguments, then the environment, then the YAML file.
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        # Highest first: explicit arguments, then the environment, then the YAML file, then the brief's
+        # aliases (which the file source resolves, since it must know what the sources above it set).
+        return (init_settings, env_settings, FileSource(settings_cls, init_settings, env_settings))
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("SAGA_CONFIG")
-        if not path:
-            return {}
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"SAGA_CONFIG={path}: {e.strerror}") from e
-        data = yaml.safe_load(substitute(text)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"SAGA_CONFIG={path}: the top level must be a mapping")
-        return data
+def load_settings_with_notes(**overrides: Any) -> tuple[Settings, tuple[Note, ...]]:
+    """Settings, and what the start-up log should say about them (aliases overridden or not used)."""
+    notes: list[Note] = []
+    token = NOTES.set(notes)
+    try:
+        return Settings(**overrides), tuple(notes)
+    except ConfigError:
+        raise
+    except ValidationError as e:
+        # `from None`: a traceback must not show pydantic's text, which quotes the inputs.
+        raise ConfigError(describe(e)) from None
+    except Exception as e:  # pydantic-settings' own errors (an unparsable SAGA_… value) name the variable
+        raise ConfigError(str(e)) from None
+    finally:
+        NOTES.reset(token)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the YAML file and the environment; raise ``ConfigError`` naming what is wrong."""
-    try:
-        return Settings(**overrides)
-    except ConfigError:
-        raise
-    except Exception as e:  # pydantic's ValidationError already names field and problem
-        raise ConfigError(str(e)) from e
+    return load_settings_with_notes(**overrides)[0]

@@ -1,7 +1,7 @@
 """Health: ``/health/live`` checks nothing external; ``/health/ready`` means this process can serve its
 role (the event store answers); ``/health`` adds the read model and its lag (``degraded``, never a
 readiness failure: stale reads are better than no node at all); ``/health/cluster`` describes this node.
-Also ``/metrics``, the Prometheus exposition of the process registry."""
+Also ``/metrics``, the Prometheus exposition of the process registry (404 when switched off)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from orchestrator.api.models import (
     SubscriptionModel,
     TimerState,
 )
+from orchestrator.api.problems import Problem
 from orchestrator.api.routes import Reply, Route
 from orchestrator.eventstore.errors import EventStoreError
 from orchestrator.eventstore.types import Position, SubscriptionInfo
@@ -141,6 +142,8 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not deps(request).settings.observability.metrics_enabled:
+        raise Problem(404, "not-found", "metrics are switched off (observability.metrics_enabled)")
     body = generate_latest(deps(request).registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -194,6 +197,7 @@ ROUTES = (
         "Prometheus exposition",
         "health",
         {200: Reply("text exposition format", media="text/plain", schema={"type": "string"})},
+        problems=(404,),
         tenant_scoped=False,
     ),
 )

@@ -130,41 +130,58 @@ async def _register(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if status < 400 else 1
 
 
-def _bar(progress: dict[str, Any]) -> str:
-    applied = progress.get("events_applied", 0)
-    rate = progress.get("events_per_second", 0.0)
-    elapsed = progress.get("elapsed_seconds", 0.0) or 0.0
+def _fraction(progress: dict[str, Any]) -> float:
+    """How far the rebuild is, from its elapsed time and the projector's estimate of what is left."""
+    if progress.get("phase") == "done":
+        return 1.0
+    elapsed = progress.get("elapsed_seconds") or 0.0
     eta = progress.get("eta_seconds")
-    done = 1.0 if progress.get("phase") == "done" else (elapsed / (elapsed + eta) if eta else 0.0)
-    width = 30
-    filled = int(min(1.0, done) * width)
-    tail = f" eta {eta:.0f}s" if isinstance(eta, int | float) else ""
-    bar = "#" * filled + "." * (width - filled)
-    return f"[{bar}] {progress.get('phase', '')} {applied:,} events {rate:,.0f}/s{tail}"
+    if not isinstance(eta, int | float) or elapsed + eta <= 0:
+        return 0.0
+    return min(1.0, elapsed / (elapsed + eta))
 
 
 async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    # rich draws the bar on a terminal and prints its last state once elsewhere (a log, a pipe).
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     url = f"{_base_url(settings, args.url)}/api/v1/admin/projections/rebuild"
     status, answer = await _call("POST", url)
     if status >= 400:
         print(json.dumps(answer, indent=2), file=sys.stderr)
         return 1
-    last = ""
-    while True:
-        status, body = await _call("GET", url)
-        if status >= 400 or not isinstance(body, dict):
-            print(json.dumps(body, indent=2), file=sys.stderr)
-            return 1
-        progress = body.get("progress") or {}
-        line = _bar(progress)
-        if line != last:
-            print(f"\r{line}", end="", flush=True)
-            last = line
-        error = body.get("error") or progress.get("error")
-        if error:
-            print(f"\nrebuild failed: {error}", file=sys.stderr)
-            return 1
-        if not body.get("running") and progress.get("phase") == "done":
-            print(f"\nrebuild done: generation {progress.get('generation')} is serving")
-            return 0
-        await asyncio.sleep(0.5)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[events]:,} events, {task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("rebuild", total=1.0, events=0, rate=0.0)
+        while True:
+            status, body = await _call("GET", url)
+            if status >= 400 or not isinstance(body, dict):
+                bar.stop()
+                print(json.dumps(body, indent=2), file=sys.stderr)
+                return 1
+            progress = body.get("progress") or {}
+            generation, phase = progress.get("generation", "?"), progress.get("phase", "starting")
+            bar.update(
+                task,
+                completed=_fraction(progress),
+                description=f"generation {generation} {phase}",
+                events=progress.get("events_applied", 0),
+                rate=progress.get("events_per_second", 0.0),
+            )
+            error = body.get("error") or progress.get("error")
+            if error:
+                bar.stop()
+                print(f"rebuild failed: {error}", file=sys.stderr)
+                return 1
+            if not body.get("running") and progress.get("phase") == "done":
+                break
+            await asyncio.sleep(0.5)
+    print(f"rebuild done: generation {progress.get('generation')} is serving", flush=True)
+    return 0

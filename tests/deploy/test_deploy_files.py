@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.settings import load_settings
+from orchestrator.settings import load_settings, load_settings_with_notes
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -128,8 +128,12 @@ def test_connection_strings_come_from_the_secret_and_the_config_from_the_configm
     deployment = _role_deployments()[role]
     container = _container(deployment)
     env = {e["name"]: e for e in container["env"]}
-    for name in ("SAGA_EVENT_STORE__URL", "SAGA_REDIS__URL"):
+    for name in ("DATABASE_URL", "SAGA_REDIS__URL"):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "saga-secrets", name
+    # The brief's names (DATABASE_URL from its secret key, CLUSTER_ENABLED), with no native twin to win.
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "database-url"
+    assert env["CLUSTER_ENABLED"]["value"] == "false"
+    assert "SAGA_EVENT_STORE__URL" not in env
     assert env["SAGA_CONFIG"]["value"] == "/etc/saga/config.yaml"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -142,9 +146,12 @@ def test_the_configmap_loads_as_settings(tmp_path: Path, monkeypatch: pytest.Mon
     config = tmp_path / "config.yaml"
     config.write_text(_resources("ConfigMap")["saga-orchestrator-config"]["data"]["config.yaml"])
     monkeypatch.setenv("SAGA_CONFIG", str(config))
-    monkeypatch.setenv("SAGA_EVENT_STORE__URL", "esdb://admin:changeit@kurrentdb:2113?tls=true")
+    env = {e["name"]: e for e in _container(_role_deployments()["engine"])["env"]}
+    monkeypatch.setenv("CLUSTER_ENABLED", env["CLUSTER_ENABLED"]["value"])
+    monkeypatch.setenv("DATABASE_URL", "esdb://admin:changeit@kurrentdb:2113?tls=true")
     monkeypatch.setenv("SAGA_REDIS__URL", "redis://redis:6379/0")
-    settings = load_settings()
+    settings, notes = load_settings_with_notes()
+    assert notes == ()  # nothing in the ConfigMap shadows DATABASE_URL
     assert settings.server.port == 8080
     assert settings.server.host == "0.0.0.0"
     assert str(settings.event_store.data_dir) == "/data"

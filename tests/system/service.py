@@ -35,6 +35,15 @@ class Service:
     log: Path
 
 
+#: the brief's names for settings (orchestrator.brief_config): a developer's shell may well have them
+BRIEF_VARIABLES = ("DATABASE_URL", "CLUSTER_ENABLED")
+
+
+def outside_settings() -> dict[str, str]:
+    """This environment without anything the service would read as a setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SAGA_") and k not in BRIEF_VARIABLES}
+
+
 def _spawn(environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -47,7 +56,7 @@ async def running_service(data_dir: Path, **env: str) -> AsyncIterator[Service]:
     port, demo_port = free_port(), free_port()
     log = data_dir / "service.log"
     environment = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SAGA_")},
+        **outside_settings(),
         "SAGA_EVENT_STORE__DATA_DIR": str(data_dir / "data"),
         "SAGA_SERVER__PORT": str(port),
         "SAGA_DEMO__PORT": str(demo_port),

@@ -223,7 +223,7 @@ def test_closed_under_the_caller(e: Exception) -> None:
         kx.BadRequestError("x"),
         kx.InvalidArgumentError("x"),
         # What the client makes of a status it has no class for: the RpcError's text.
-        kx.GrpcError("<_InactiveRpcError: status = StatusCode.UNIMPLEMENTED, details = \"\">"),
+        kx.GrpcError('<_InactiveRpcError: status = StatusCode.UNIMPLEMENTED, details = "">'),
     ],
     ids=lambda e: type(e).__name__,
 )

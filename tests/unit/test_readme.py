@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -104,3 +105,49 @@ def test_the_production_environment_example_loads(monkeypatch: pytest.MonkeyPatc
     assert settings.redis.url == "redis://redis:6379/0"
     assert settings.demo.enabled == "off"
     assert sorted(settings.services) == ["inventory-service", "order-service", "payment-service"]
+
+
+def test_the_brief_key_table_is_the_alias_table() -> None:
+    from orchestrator.brief_config import ALIASES
+
+    rows = _table("| brief key ")
+    assert [
+        (key.strip("`"), setting.strip("`"), status, effect) for key, setting, status, effect in rows
+    ] == [(a.key, a.setting if a.setting != "-" else "—", a.status, a.effect) for a in ALIASES]
+
+
+def test_the_briefs_file_stops_as_the_readme_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.settings import ConfigError
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "brief-config.yaml"
+    monkeypatch.setenv("SAGA_CONFIG", str(fixture))
+    monkeypatch.setenv("JWT_SECRET", "not-shown")
+    for name in ("DATABASE_URL", "CLUSTER_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert _block("text", "configuration error:") == f"configuration error: {caught.value}\n"
+
+
+def _leaves(
+    parser: argparse.ArgumentParser, help_text: str = ""
+) -> list[tuple[argparse.ArgumentParser, str]]:
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        return [(parser, help_text)]
+    helps = {action.dest: action.help or "" for action in subparsers[0]._choices_actions}
+    return [leaf for name, sub in subparsers[0].choices.items() for leaf in _leaves(sub, helps[name])]
+
+
+def test_the_cli_table_is_what_help_says() -> None:
+    """Each command's synopsis, summary and "works on" are its `--help`'s usage, help and description."""
+    from orchestrator.__main__ import parser
+
+    expected = []
+    for leaf, help_text in _leaves(parser()):
+        leaf.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=1000)
+        usage = leaf.format_usage().strip().removeprefix("usage: ").replace(" [-h]", "")
+        assert leaf.description is not None
+        expected.append((usage, help_text, leaf.description.removeprefix("works on: ")))
+    assert len(expected) == 8
+    assert [(c.strip("`"), h, w) for c, h, w in _table("| command ")] == expected
