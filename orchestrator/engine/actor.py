@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
@@ -26,15 +26,16 @@ from orchestrator.domain.commands import StartCompensationStep, StartStep, StepO
 from orchestrator.domain.decide import Plan, advance, apply, decide
 from orchestrator.domain.errors import DomainConflict, UnreadableHistory
 from orchestrator.domain.state import SagaState, evolve, fold, is_terminal
+from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import OutcomeKind, Phase
 from orchestrator.engine.calls import CallResult, StepCall
+from orchestrator.engine.state_cache import SagaStateCache
 from orchestrator.engine.timers import DueTimer
 from orchestrator.eventstore.errors import OperationalError, StreamNotFound, WrongExpectedRevision
+from orchestrator.eventstore.port import EventStore
 from orchestrator.eventstore.types import NewEvent, RecordedEvent
+from orchestrator.observability.metrics import EngineMetrics
 from orchestrator.records.codec import Envelope, carries_intent, from_recorded, to_new_events
-
-if TYPE_CHECKING:
-    from orchestrator.engine.engine import Engine
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -47,6 +48,35 @@ _RETRY_FIRST_S = 0.05
 _RETRY_CAP_S = 2.0
 #: an append acknowledged later than this after its plan was made is folded at the acknowledgement time
 _SLOW_APPEND_S = 0.01
+
+
+class ActorHost(Protocol):
+    """What a saga actor needs from the process that runs it (the :class:`Engine`), and nothing more."""
+
+    store: EventStore
+    executor: Executor
+    metrics: EngineMetrics
+    tuning: Tuning
+    cache: SagaStateCache
+    clock: Callable[[], float]
+    actor_name: str
+    stopping: bool
+
+    def nonce(self) -> str:
+        """A fresh per-writer nonce for an append that carries an intent (design.md §0.1)."""
+        ...
+
+    def acquire_cap(self, service: str) -> float: ...
+
+    def calls_started(self, task: asyncio.Task[None]) -> None: ...
+
+    def outcomes_waiting(self, actor: SagaActor, waiting: bool) -> None: ...
+
+    def actor_finished(self, actor: SagaActor) -> None: ...
+
+
+class Executor(Protocol):
+    async def call(self, call: StepCall) -> CallResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +118,10 @@ def to_step_outcome(call: StepCall, result: CallResult) -> StepOutcome:
 
 
 class SagaActor:
-    def __init__(self, engine: Engine, stream: str) -> None:
-        self.engine = engine
+    def __init__(self, host: ActorHost, stream: str) -> None:
+        self.host = host
         self.stream = stream
-        self.state: SagaState | None = engine.cached_state(stream)
+        self.state: SagaState | None = host.cache.state(stream)
         self._mailbox: deque[Message] = deque()
         self._wake = asyncio.Event()
         self.calls: set[asyncio.Task[None]] = set()
@@ -99,7 +129,7 @@ class SagaActor:
         self._causation = ""
         #: the revision at which this actor last asked the core what is due (and appended it): a hint
         #: for a revision at or below it carries no news
-        self._decided = engine.cached_decided(stream)
+        self._decided = host.cache.decided(stream)
         #: observed outcomes the store has not taken yet, oldest first: owned here until they are durable
         #: (design.md §0.3), whatever the store does meanwhile
         self._unrecorded: list[Outcome] = []
@@ -138,8 +168,8 @@ class SagaActor:
             if self._unrecorded:
                 # Only a stopping engine leaves them: their attempts' deadlines will record them as unknown.
                 log.warning("outcomes_not_recorded", stream=self.stream, count=len(self._unrecorded))
-            self.engine.outcomes_waiting(self, False)
-            self.engine.actor_finished(self)
+            self.host.outcomes_waiting(self, False)
+            self.host.actor_finished(self)
 
     async def _wait(self, seconds: float | None) -> None:
         self._wake.clear()
@@ -178,10 +208,10 @@ class SagaActor:
         except StreamNotFound:
             self.state = None  # a hint for a stream that is gone or not a saga: nothing to do
         except UnreadableHistory as e:
-            self.engine.metrics.unknown_events.inc()
+            self.host.metrics.unknown_events.inc()
             log.warning("saga_unreadable", stream=self.stream, reason=str(e))
             self.state = None
-            self.engine.forget(self.stream)
+            self.host.cache.forget(self.stream)
         except (OperationalError, _GaveUp) as e:
             # The store is unavailable or contended. Deliveries stay unacked (they come back, and the
             # saga's pending timers bring it back too), but an observed outcome exists nowhere else: keep
@@ -195,13 +225,13 @@ class SagaActor:
             self._decided = -1
             return
         except Exception as e:
-            self.engine.metrics.internal_errors.inc()
+            self.host.metrics.internal_errors.inc()
             log.exception("saga_internal_error", stream=self.stream)
             await self._suspend_for(e)
         self._retry_in = _RETRY_FIRST_S
-        self.engine.outcomes_waiting(self, False)
+        self.host.outcomes_waiting(self, False)
         if self.state is not None:
-            self.engine.remember(self.stream, self.state, self._decided)
+            self.host.cache.remember(self.stream, self.state, self._decided)
         for hint in hints:
             await hint.ack()
 
@@ -209,11 +239,11 @@ class SagaActor:
         self._unrecorded = outcomes
         if outcomes:
             self._retry_in = min(self._retry_in * 2, _RETRY_CAP_S)
-        self.engine.outcomes_waiting(self, bool(outcomes) and unavailable)
+        self.host.outcomes_waiting(self, bool(outcomes) and unavailable)
 
     async def _refresh(self) -> None:
         """Bring the folded state up to the stream head (incrementally when a state is cached)."""
-        store = self.engine.store
+        store = self.host.store
         if self.state is None:
             events = await store.read_stream(self.stream)
             decoded = [from_recorded(e) for e in events]
@@ -228,11 +258,11 @@ class SagaActor:
 
     def _observe(self, outcome: Outcome) -> None:
         o = outcome.outcome
-        self.engine.metrics.step_duration.labels(outcome.service, o.phase.value, o.kind.value).observe(
+        self.host.metrics.step_duration.labels(outcome.service, o.phase.value, o.kind.value).observe(
             outcome.seconds
         )
         if o.phase is Phase.COMPENSATION:
-            self.engine.metrics.compensations.labels(o.kind.value).inc()
+            self.host.metrics.compensations.labels(o.kind.value).inc()
         log.info(
             "step_outcome",
             saga_id=self.state.saga_id if self.state else None,
@@ -246,14 +276,14 @@ class SagaActor:
         )
 
     def _fire_lag(self, wakes: list[Wake]) -> None:
-        now = self.engine.clock()
+        now = self.host.clock()
         for wake in wakes:
             if (
                 wake.timer is not None
                 and self.state is not None
                 and wake.timer.timer_id not in self.state.timers
             ):
-                self.engine.metrics.timer_fire_lag.observe(max(0.0, now - wake.timer.due_at))
+                self.host.metrics.timer_fire_lag.observe(max(0.0, now - wake.timer.due_at))
 
     async def _append_plan(self, message: StepOutcome | None) -> None:
         """Append the message's events plus every intent then due, at the head; on a lost slot, re-read
@@ -263,14 +293,14 @@ class SagaActor:
             assert state is not None
             if message is None and is_terminal(state):
                 return
-            now_s = self.engine.clock()
+            now_s = self.host.clock()
             now = datetime.fromtimestamp(now_s, UTC)
             mono = time.monotonic()
-            plan = advance(state, now, message, self.engine.tuning)
+            plan = advance(state, now, message, self.host.tuning)
             if not plan.events:
                 return
             if await self._append(state, plan):
-                acked = self.engine.clock()
+                acked = self.host.clock()
                 if acked - now_s > _SLOW_APPEND_S or plan.state is None:
                     # The store recorded these events when it committed them, after ``now``: fold them at
                     # the acknowledgement instead, or deadlines (which count from the recorded time) would
@@ -282,23 +312,23 @@ class SagaActor:
                     failpoints.hit("actor.after_intent")
                 self._launch(plan, mono)
                 return
-            self.engine.metrics.append_conflicts.inc()
+            self.host.metrics.append_conflicts.inc()
             await self._refresh()
         raise _GaveUp(f"{self.stream}: lost the slot {_REDECIDE} times in a row")
 
     async def _append(self, state: SagaState, plan: Plan) -> bool:
-        nonce = self.engine.nonce() if carries_intent(plan.events) else None
+        nonce = self.host.nonce() if carries_intent(plan.events) else None
         envelope = Envelope(
             tenant=state.tenant,
-            actor=self.engine.actor_name,
+            actor=self.host.actor_name,
             correlation_id=state.saga_id,
             causation_id=self._causation,
         )
         new = to_new_events(self.stream, state.revision, plan.events, envelope, nonce)
-        return await append_exact(self.engine, self.stream, new, state.revision)
+        return await append_exact(self.host, self.stream, new, state.revision)
 
     def _launch(self, plan: Plan, mono: float) -> None:
-        if self.engine.stopping:
+        if self.host.stopping:
             return  # the intents are durable; their deadlines pass and another node retries them
         state = self.state
         assert state is not None
@@ -306,7 +336,7 @@ class SagaActor:
             call = self._step_call(state, command, mono)
             task = asyncio.create_task(self._call(call), name=f"call:{self.stream}:{call.step}")
             self.calls.add(task)
-            self.engine.calls_started(task)
+            self.host.calls_started(task)
             task.add_done_callback(self.calls.discard)
 
     def _step_call(
@@ -325,13 +355,13 @@ class SagaActor:
             idempotency_key=command.idempotency_key,
             body=command.body,
             timeout=timeout,
-            send_deadline=mono + timeout + self.engine.acquire_cap(command.service),
+            send_deadline=mono + timeout + self.host.acquire_cap(command.service),
         )
 
     async def _call(self, call: StepCall) -> None:
         started = time.monotonic()
         try:
-            result = await self.engine.executor.call(call)
+            result = await self.host.executor.call(call)
         except Exception as e:  # our own bug: the saga is suspended, never compensated
             log.exception("executor_error", stream=self.stream, step=call.step)
             result = CallResult(
@@ -346,7 +376,7 @@ class SagaActor:
             state = self.state
             if state is None or is_terminal(state):
                 return
-            now = datetime.fromtimestamp(self.engine.clock(), UTC)
+            now = datetime.fromtimestamp(self.host.clock(), UTC)
             try:
                 events = decide(state, Suspend(f"internal error: {error!r}"[:500], type(error).__name__), now)
             except DomainConflict:
@@ -359,13 +389,13 @@ class _GaveUp(Exception):
     pass
 
 
-async def append_exact(engine: Engine, stream: str, new: list[NewEvent], expected: int) -> bool:
+async def append_exact(host: ActorHost, stream: str, new: list[NewEvent], expected: int) -> bool:
     """Append ``new`` at ``expected``; True if these exact events hold the slot afterwards.
 
     After an ambiguous failure the very same bytes (same ids) are resent, which the store treats as
     idempotent; if the resend meets a conflict, the slot is read to learn whether the first send landed.
     """
-    store = engine.store
+    store = host.store
     ambiguous = False
     for attempt in range(_RESENDS):
         try:

@@ -15,17 +15,14 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 
-from orchestrator.domain.state import SagaState, is_terminal
 from orchestrator.domain.timing import Tuning
-from orchestrator.engine.actor import Hint, Message, SagaActor, Wake
-from orchestrator.engine.calls import CallResult, StepCall
+from orchestrator.engine.actor import Executor, Hint, Message, SagaActor, Wake
+from orchestrator.engine.state_cache import SagaStateCache
 from orchestrator.engine.timer_projection import SAGA_FILTER, TimerProjection
 from orchestrator.engine.timers import DueTimer, TimerFirer, TimerIndex
 from orchestrator.eventstore.errors import EventStoreError, SubscriptionExists
@@ -36,10 +33,6 @@ from orchestrator.records.streams import SAGA_STREAM_PREFIX
 from orchestrator.settings import EngineSettings
 
 log = structlog.get_logger("orchestrator.engine")
-
-
-class Executor(Protocol):
-    async def call(self, call: StepCall) -> CallResult: ...
 
 
 class Engine:
@@ -71,9 +64,7 @@ class Engine:
         self._data_dir = data_dir
         self._actors: dict[str, SagaActor] = {}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._states: OrderedDict[str, tuple[SagaState, int]] = OrderedDict()
-        self._finished: OrderedDict[str, int] = OrderedDict()
-        self._state_cache_size = state_cache_size
+        self.cache = SagaStateCache(state_cache_size)
         self._calls: set[asyncio.Task[None]] = set()
         #: sagas whose actors hold outcomes the store refused; while any do, no new saga is taken on
         self._waiting_for_store: set[str] = set()
@@ -98,38 +89,6 @@ class Engine:
 
     def acquire_cap(self, service: str) -> float:
         return self._acquire_caps.get(service, 1_000) / 1000
-
-    def cached_state(self, stream: str) -> SagaState | None:
-        entry = self._states.get(stream)
-        return entry[0] if entry is not None else None
-
-    def cached_decided(self, stream: str) -> int:
-        entry = self._states.get(stream)
-        if entry is not None:
-            return entry[1]
-        return self._finished.get(stream, -1)
-
-    def remember(self, stream: str, state: SagaState, decided: int) -> None:
-        """Cache a saga's state and the revision up to which its actor has decided what was due.
-
-        A finished saga keeps only that revision (a small int): its last events still come back as
-        deliveries, and they must not cost a fold, but its state is never needed again.
-        """
-        if is_terminal(state):
-            self._states.pop(stream, None)
-            self._finished[stream] = decided
-            self._finished.move_to_end(stream)
-            while len(self._finished) > 4 * self._state_cache_size:
-                self._finished.popitem(last=False)
-            return
-        self._states[stream] = (state, decided)
-        self._states.move_to_end(stream)
-        while len(self._states) > self._state_cache_size:
-            self._states.popitem(last=False)
-
-    def forget(self, stream: str) -> None:
-        self._states.pop(stream, None)
-        self._finished.pop(stream, None)
 
     def calls_started(self, task: asyncio.Task[None]) -> None:
         self._calls.add(task)
@@ -247,7 +206,7 @@ class Engine:
                 self.metrics.deliveries.inc()
                 if not event.stream.startswith(SAGA_STREAM_PREFIX) or (
                     # Most deliveries are the engine's own appends coming back: nothing new to decide.
-                    event.stream not in self._actors and event.revision <= self.cached_decided(event.stream)
+                    event.stream not in self._actors and event.revision <= self.cache.decided(event.stream)
                 ):
                     await subscription.ack(event.id)
                     continue
