@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 import structlog
 
+from orchestrator.app.ports import RebuildPhase as Phase
+from orchestrator.app.ports import RebuildProgress
 from orchestrator.eventstore import EventFilter, EventStore, Position
 from projections.metrics import ProjectionMetrics
 from projections.redis_store import RedisViewStore
@@ -35,25 +36,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-Phase = Literal["building", "switching", "cleaning", "done", "failed"]
-
 
 class RebuildError(Exception):
     """The rebuild could not switch (the active generation changed under it) or its runner failed."""
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildProgress:
-    generation: int
-    phase: Phase
-    events_applied: int
-    position: Position | None
-    head: Position | None
-    elapsed_seconds: float
-    events_per_second: float
-    #: seconds until the head at the current rate (positions, which count events in the embedded store)
-    eta_seconds: float | None
-    error: str = ""
 
 
 async def ensure_active(views: RedisViewStore) -> int:

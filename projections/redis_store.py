@@ -23,6 +23,7 @@ from typing import Any, assert_never
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from orchestrator.app.ports import ReadModelUnavailable
 from orchestrator.eventstore.types import Position
 from projections import lua
 from projections.updates import (
@@ -50,7 +51,7 @@ __all__ = [
 _SAFE_POLICY = "noeviction"
 
 
-class ReadModelError(Exception):
+class ReadModelError(ReadModelUnavailable):
     """Root of the read-model errors; Redis failures arrive as this (``raise … from`` the cause)."""
 
 

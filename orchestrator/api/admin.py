@@ -16,14 +16,14 @@ import structlog
 from aiohttp import web
 
 from orchestrator.api.common import deps, json_response, require_admin, store_guard
-from orchestrator.api.deps import REBUILD, ProjectorPort, RebuildState
+from orchestrator.api.deps import REBUILD, RebuildState
 from orchestrator.api.health import subscription_model
 from orchestrator.api.models import Accepted, RebuildStatus, SubscriptionList
 from orchestrator.api.problems import Problem
 from orchestrator.api.routes import Param, Reply, Route
+from orchestrator.app.ports import Projector, RebuildProgress
 from orchestrator.eventstore.errors import SubscriptionNotFound
 from orchestrator.eventstore.types import Position
-from projections.rebuild import RebuildProgress
 
 log = structlog.get_logger("orchestrator.api")
 BASE = "/api/v1/admin"
@@ -57,7 +57,7 @@ def _status(state: RebuildState, progress: RebuildProgress | None) -> RebuildSta
     )
 
 
-async def _run_rebuild(state: RebuildState, projector: ProjectorPort) -> None:
+async def _run_rebuild(state: RebuildState, projector: Projector) -> None:
     def on_progress(progress: RebuildProgress) -> None:
         state.last_progress = progress
 

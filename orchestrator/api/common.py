@@ -14,15 +14,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.api.deps import DEPS, PRINCIPAL, ApiDeps, ReadModelsPort
+from orchestrator.api.deps import DEPS, PRINCIPAL, ApiDeps
 from orchestrator.api.principal import ADMIN, Principal, resolve_principal
 from orchestrator.api.problems import FieldProblem, Problem, invalid_field
+from orchestrator.app.ports import ReadModels, ReadModelUnavailable
 from orchestrator.domain.events import SagaStarted
 from orchestrator.eventstore.errors import OperationalError, StreamDeleted, StreamNotFound
 from orchestrator.eventstore.types import RecordedEvent
 from orchestrator.records.codec import from_recorded
 from orchestrator.records.streams import saga_stream
-from projections.redis_store import ReadModelError
 
 M = TypeVar("M", bound=BaseModel)
 WAKE_TIMEOUT_S = 0.5
@@ -97,7 +97,7 @@ def str_query(request: web.Request, name: str, max_length: int = 200) -> str | N
     return raw
 
 
-def read_models(request: web.Request) -> ReadModelsPort:
+def read_models(request: web.Request) -> ReadModels:
     found = deps(request).read_models
     if found is None:
         raise Problem(503, "read-model-unavailable", "this node serves no read models", headers=_RETRY)
@@ -112,7 +112,7 @@ async def read_guard() -> AsyncIterator[None]:
     """Redis down or slow: this read answers 503 (commands and health are unaffected)."""
     try:
         yield
-    except ReadModelError as e:
+    except ReadModelUnavailable as e:
         raise Problem(
             503, "read-model-unavailable", f"the read model is unavailable: {e}", headers=_RETRY
         ) from e

@@ -8,58 +8,16 @@ root decides what serves reads (or that nothing does: then every read endpoint a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from orchestrator.api.principal import Principal
 from orchestrator.app.commands import SagaCommands
-from orchestrator.engine.engine import Engine
+from orchestrator.app.ports import EngineStatus, Projector, ReadModels, RebuildProgress
 from orchestrator.eventstore.port import EventStore
-from orchestrator.eventstore.types import Position
 from orchestrator.settings import Settings
-from projections.rebuild import RebuildProgress
-from projections.views import DefinitionSummary, Page, SagaCounters, SagaSummary, SagaView
-
-
-class ReadModelsPort(Protocol):
-    """The query side (``projections.queries.ReadModels``); every method may raise a read-model error."""
-
-    async def saga(self, tenant: str, saga_id: str) -> SagaView | None: ...
-
-    async def list_sagas(
-        self,
-        tenant: str,
-        *,
-        status: str | None = None,
-        definition: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page[SagaSummary]: ...
-
-    async def dlq(self, tenant: str, *, limit: int = 50, cursor: str | None = None) -> Page[SagaSummary]: ...
-
-    async def definitions(self, tenant: str) -> list[DefinitionSummary]: ...
-
-    async def counters(self, tenant: str) -> SagaCounters: ...
-
-    async def position(self) -> Position | None: ...
-
-    async def wait_for(self, position: Position, timeout: float) -> tuple[bool, Position | None]: ...  # noqa: ASYNC109
-
-
-class ProjectorPort(Protocol):
-    """The projector of this process (``projections.service.ProjectorService``): admin rebuilds."""
-
-    @property
-    def progress(self) -> RebuildProgress | None: ...
-
-    async def rebuild(
-        self, on_progress: Callable[[RebuildProgress], None] | None = None
-    ) -> RebuildProgress: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +35,11 @@ class ApiDeps:
     settings: Settings
     node: NodeInfo
     #: None: this process serves no reads (every read endpoint answers 503)
-    read_models: ReadModelsPort | None = None
+    read_models: ReadModels | None = None
     #: None: no engine in this process (commands are still appended; another node's engine acts)
-    engine: Engine | None = None
+    engine: EngineStatus | None = None
     #: None: no projector in this process (admin rebuild answers 503)
-    projector: ProjectorPort | None = None
+    projector: Projector | None = None
     sse_keepalive_s: float = 15.0
     #: events buffered per SSE client; a client that falls further behind is disconnected and resumes
     sse_queue_size: int = 256

@@ -24,9 +24,9 @@ from orchestrator.api.models import (
 )
 from orchestrator.api.problems import Problem
 from orchestrator.api.routes import Reply, Route
+from orchestrator.app.ports import ReadModelUnavailable
 from orchestrator.eventstore.errors import EventStoreError
 from orchestrator.eventstore.types import Position, SubscriptionInfo
-from projections.redis_store import ReadModelError
 
 PING_TIMEOUT_S = 2.0
 Status = Literal["ok", "degraded", "down"]
@@ -45,7 +45,7 @@ async def _read_model_position(d: ApiDeps) -> tuple[HealthCheck, Position | None
         return HealthCheck(status="absent", detail="this node serves no read models"), None
     try:
         position = await asyncio.wait_for(d.read_models.position(), PING_TIMEOUT_S)
-    except (ReadModelError, ConnectionError, TimeoutError, OSError) as e:
+    except (ReadModelUnavailable, ConnectionError, TimeoutError, OSError) as e:
         return HealthCheck(status="down", detail=str(e) or type(e).__name__), None
     return HealthCheck(status="ok"), position
 
@@ -111,15 +111,12 @@ async def cluster(request: web.Request) -> web.Response:
     if d.engine is not None:
         if store.status == "ok":
             try:
-                subscription = subscription_model(
-                    await d.store.get_subscription_info(d.engine.settings.group)
-                )
+                subscription = subscription_model(await d.store.get_subscription_info(d.engine.group))
             except EventStoreError:
                 subscription = None
-        firer = d.engine.firer
         timers = TimerState(
-            running=firer is not None and not d.engine.stopping,
-            fired_total=firer.fired_total if firer is not None else 0,
+            running=d.engine.timers_running,
+            fired_total=d.engine.timers_fired,
             actors=d.engine.active_actors,
         )
     node = NodeReport(

@@ -260,6 +260,18 @@ class Engine:
     def active_actors(self) -> int:
         return len(self._actors)
 
+    @property
+    def group(self) -> str:
+        return self.settings.group
+
+    @property
+    def timers_running(self) -> bool:
+        return self.firer is not None and not self.stopping
+
+    @property
+    def timers_fired(self) -> int:
+        return self.firer.fired_total if self.firer is not None else 0
+
 
 def _acker(subscription: PersistentSubscription, event: RecordedEvent) -> Callable[[], Awaitable[None]]:
     async def ack() -> None:
