@@ -124,7 +124,6 @@ class EmbeddedEventStore:
             notifier = Notifier(0)
             writer = Writer(
                 conn,
-                db_path,
                 loop,
                 notifier.publish,
                 max_group=settings.max_group,

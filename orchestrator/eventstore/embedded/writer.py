@@ -25,7 +25,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -118,7 +117,6 @@ class Writer:
     def __init__(
         self,
         conn: sqlite3.Connection,
-        db_path: Path,
         loop: asyncio.AbstractEventLoop,
         publish: Published,
         *,
