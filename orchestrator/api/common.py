@@ -3,9 +3,6 @@ body validation and the read-model guard."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +11,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.api.deps import DEPS, PRINCIPAL, ApiDeps
+from orchestrator.api.deps import DEPS, PRINCIPAL, SAGAS, ApiDeps
 from orchestrator.api.principal import ADMIN, Principal, resolve_principal
-from orchestrator.api.problems import FieldProblem, Problem, invalid_field
-from orchestrator.app.ports import ReadModels, ReadModelUnavailable
+from orchestrator.api.problems import FieldProblem, Problem, from_app_error, invalid_field
+from orchestrator.app.errors import Invalid
+from orchestrator.app.ports import ReadModelUnavailable
+from orchestrator.app.sagas import Sagas
 from orchestrator.domain.events import SagaStarted
 from orchestrator.eventstore.errors import OperationalError, StreamDeleted, StreamNotFound
 from orchestrator.eventstore.types import RecordedEvent
@@ -25,7 +24,6 @@ from orchestrator.records.codec import from_recorded
 from orchestrator.records.streams import saga_stream
 
 M = TypeVar("M", bound=BaseModel)
-WAKE_TIMEOUT_S = 0.5
 
 
 def deps(request: web.Request) -> ApiDeps:
@@ -97,11 +95,9 @@ def str_query(request: web.Request, name: str, max_length: int = 200) -> str | N
     return raw
 
 
-def read_models(request: web.Request) -> ReadModels:
-    found = deps(request).read_models
-    if found is None:
-        raise Problem(503, "read-model-unavailable", "this node serves no read models", headers=_RETRY)
-    return found
+def sagas(request: web.Request) -> Sagas:
+    """The use cases (every handler calls these and nothing deeper)."""
+    return request.app[SAGAS]
 
 
 _RETRY = {"Retry-After": "5"}
@@ -143,13 +139,11 @@ async def owned_saga_start(request: web.Request, saga_id: str) -> RecordedEvent:
     return first[0]
 
 
-async def wake(request: web.Request, saga_id: str) -> None:
-    """Let this node's actor look at the saga now. Only a latency hint (the kick timer and the
-    subscription bring the saga back anyway), so a busy engine never holds up the HTTP answer."""
-    engine = deps(request).engine
-    if engine is None or engine.stopping:
-        return
-    # A clean context: an actor created here outlives the request and must not log its trace id forever.
-    task = asyncio.create_task(engine.wake(saga_stream(saga_id)), context=contextvars.Context())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(task, WAKE_TIMEOUT_S)
+@asynccontextmanager
+async def query_errors() -> AsyncIterator[None]:
+    """A use case's refusal of what the query string asked (a cursor from another list, say): a malformed
+    query parameter is a 400 here, as every other query parameter the API checks itself."""
+    try:
+        yield
+    except Invalid as e:
+        raise from_app_error(e, "query", 400) from None

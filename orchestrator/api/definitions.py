@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.api.common import deps, json_response, principal, read_guard, read_models, store_guard
+from orchestrator.api.common import deps, json_response, principal, read_guard, sagas, store_guard
 from orchestrator.api.json_body import read_json
 from orchestrator.api.models import (
     DefinitionDetail,
@@ -37,7 +37,7 @@ async def register(request: web.Request) -> web.Response:
     d = deps(request)
     raw = await read_json(request, d.settings.server.max_body_bytes)
     async with store_guard():
-        registered = await d.commands.register_definition(who.tenant, who.actor, raw)
+        registered = await sagas(request).register_definition(who, raw)
     definition = registered.definition
     body = DefinitionRegistered(
         name=definition.name,
@@ -53,9 +53,8 @@ async def register(request: web.Request) -> web.Response:
 
 async def catalogue(request: web.Request) -> web.Response:
     who = principal(request)
-    models = read_models(request)
     async with read_guard():
-        items = await models.definitions(who.tenant)
+        items = await sagas(request).definitions(who)
     return json_response(DefinitionCatalogue(items=items))
 
 
@@ -65,7 +64,7 @@ async def _versions(request: web.Request) -> tuple[str, dict[str, tuple[dict[str
     if not _NAME.match(name):
         raise Problem(404, "not-found", f"no definition {name!r}")
     async with store_guard():
-        versions = await deps(request).commands.definition_versions(who.tenant, name)
+        versions = await sagas(request).definition_versions(who, name)
     if not versions:
         raise Problem(404, "not-found", f"no definition {name!r}")
     return name, versions

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator.api.principal import Principal
 from orchestrator.app.commands import SagaCommands
 from orchestrator.app.ports import EngineStatus, Projector, ReadModels, RebuildProgress
+from orchestrator.app.sagas import Sagas
 from orchestrator.eventstore.port import EventStore
 from orchestrator.settings import Settings
 
@@ -58,5 +59,6 @@ class RebuildState:
 
 
 DEPS = web.AppKey("deps", ApiDeps)
+SAGAS = web.AppKey("sagas", Sagas)
 REBUILD = web.AppKey("rebuild", RebuildState)
 PRINCIPAL = web.RequestKey("principal", Principal)

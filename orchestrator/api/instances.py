@@ -15,13 +15,13 @@ from orchestrator.api.common import (
     json_response,
     owned_saga_start,
     principal,
+    query_errors,
     read_guard,
-    read_models,
     saga_id_param,
+    sagas,
     store_guard,
     str_query,
     validate,
-    wake,
 )
 from orchestrator.api.json_body import read_json
 from orchestrator.api.models import (
@@ -72,17 +72,14 @@ async def start(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = validate(StartSagaRequest, await read_json(request, d.settings.server.max_body_bytes))
     async with store_guard():
-        started = await d.commands.start(
-            who.tenant,
-            who.actor,
+        started = await sagas(request).start(
+            who,
             name=body.saga_name,
             version=body.version,
             context=body.context,
             client_id=body.saga_id,
             idempotency_key=key,
         )
-    if started.created:
-        await wake(request, started.saga_id)
     answer = SagaStartedResponse(
         saga_id=started.saga_id,
         client_id=body.saga_id,
@@ -110,16 +107,16 @@ async def get_saga(request: web.Request) -> web.Response:
     wanted = _position_query(request)
     limit_ms = int(deps(request).read_wait_max_s * 1000)
     wait_ms = int_query(request, "wait_ms", min(2_000, limit_ms), 0, limit_ms)
-    models = read_models(request)
+    use = sagas(request)
     headers: dict[str, str] = {}
     async with read_guard():
         if wanted is not None:
-            reached, at = await models.wait_for(wanted, wait_ms / 1000)
+            reached, at = await use.wait_for_read_model(wanted, wait_ms / 1000)
             if not reached:
                 # Stale but useful: the caller sees how far the read model got and may ask again.
                 headers[READ_MODEL_POSITION] = at.encode() if at is not None else ""
-        view = await models.saga(who.tenant, saga_id)
-    if view is None or view.tenant != who.tenant:
+        view = await use.saga(who, saga_id)
+    if view is None:
         raise Problem(404, "not-found", f"no saga {saga_id!r}", headers=headers)
     headers["ETag"] = f'"{view.revision}"'
     return json_response(view, headers=headers)
@@ -135,14 +132,10 @@ async def list_sagas(request: web.Request) -> web.Response:
         raise invalid_field(400, "invalid-query", "query.definition", f"must match {NAME_PATTERN}")
     limit = int_query(request, "limit", 50, 1, 500)
     cursor = str_query(request, "cursor", 500)
-    models = read_models(request)
-    async with read_guard():
-        try:
-            page = await models.list_sagas(
-                who.tenant, status=status, definition=definition, limit=limit, cursor=cursor
-            )
-        except ValueError:
-            raise invalid_field(400, "invalid-query", "query.cursor", "not a cursor from this list") from None
+    async with read_guard(), query_errors():
+        page = await sagas(request).list_sagas(
+            who, status=status, definition=definition, limit=limit, cursor=cursor
+        )
     return json_response(SagaPage(items=page.items, next_cursor=page.next_cursor))
 
 
@@ -150,20 +143,15 @@ async def dlq(request: web.Request) -> web.Response:
     who = principal(request)
     limit = int_query(request, "limit", 50, 1, 500)
     cursor = str_query(request, "cursor", 500)
-    models = read_models(request)
-    async with read_guard():
-        try:
-            page = await models.dlq(who.tenant, limit=limit, cursor=cursor)
-        except ValueError:
-            raise invalid_field(400, "invalid-query", "query.cursor", "not a cursor from this list") from None
+    async with read_guard(), query_errors():
+        page = await sagas(request).dlq(who, limit=limit, cursor=cursor)
     return json_response(SagaPage(items=page.items, next_cursor=page.next_cursor))
 
 
 async def counters(request: web.Request) -> web.Response:
     who = principal(request)
-    models = read_models(request)
     async with read_guard():
-        found = await models.counters(who.tenant)
+        found = await sagas(request).counters(who)
     return json_response(found)
 
 

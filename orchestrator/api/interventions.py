@@ -13,7 +13,15 @@ import uuid
 
 from aiohttp import web
 
-from orchestrator.api.common import deps, json_response, principal, saga_id_param, store_guard, validate, wake
+from orchestrator.api.common import (
+    deps,
+    json_response,
+    principal,
+    saga_id_param,
+    sagas,
+    store_guard,
+    validate,
+)
 from orchestrator.api.instances import BASE, idempotency_key
 from orchestrator.api.json_body import read_json
 from orchestrator.api.models import CommandName, InterventionRequest, InterventionResult
@@ -62,9 +70,8 @@ def handler(command: ManualCommand) -> Handler:
         expected = if_match(request)
         body = validate(InterventionRequest, await read_json(request, d.settings.server.max_body_bytes))
         async with store_guard():
-            result = await d.commands.intervene(
-                who.tenant,
-                who.actor,
+            result = await sagas(request).intervene(
+                who,
                 saga_id,
                 command,
                 reason=body.reason,
@@ -73,8 +80,6 @@ def handler(command: ManualCommand) -> Handler:
                 if_match=expected,
             )
             position = result.position.encode() if result.position else await _head_position(request, saga_id)
-        if result.applied:
-            await wake(request, saga_id)
         name: CommandName = command.value
         answer = InterventionResult(
             saga_id=saga_id,

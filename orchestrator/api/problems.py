@@ -110,9 +110,11 @@ _APP_STATUS: Mapping[type[AppError], int] = {
 }
 
 
-def from_app_error(e: AppError) -> Problem:
+def from_app_error(e: AppError, where: str = "body", status: int | None = None) -> Problem:
     """A use case's error in our shape: its class decides the status, its code the type, and each issue
-    (a path into the request body) becomes a named field."""
-    status = next((code for cls, code in _APP_STATUS.items() if isinstance(e, cls)), 400)
-    errors = [FieldProblem(f"body.{i.path}" if i.path else "body", i.message) for i in e.issues]
+    (a path into the use case's input, which came from the request's ``where``: body or query) becomes a
+    named field."""
+    if status is None:
+        status = next((code for cls, code in _APP_STATUS.items() if isinstance(e, cls)), 400)
+    errors = [FieldProblem(f"{where}.{i.path}" if i.path else where, i.message) for i in e.issues]
     return Problem(status, e.code, e.message, errors)

@@ -1,0 +1,147 @@
+"""``Sagas``: the use cases every interface calls, each with the caller's :class:`Principal`.
+
+Commands fold the stream they change and append (``SagaCommands``), then let this process's engine look at
+the saga at once; queries read the read models of the caller's tenant. Who may do what will be decided
+here too (the permission table), once, for every interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from typing import Any
+
+from orchestrator.app.commands import Intervened, Registered, SagaCommands, Started
+from orchestrator.app.errors import Invalid
+from orchestrator.app.ports import EngineStatus, ReadModels, ReadModelUnavailable
+from orchestrator.app.principal import Principal
+from orchestrator.domain.errors import Issue
+from orchestrator.domain.vocabulary import ManualCommand
+from orchestrator.eventstore.types import Position
+from orchestrator.records.streams import saga_stream
+from projections.views import DefinitionSummary, Page, SagaCounters, SagaSummary, SagaView
+
+#: the longest a command waits for the engine to take its wake-up (only a latency hint)
+WAKE_TIMEOUT_S = 0.5
+
+
+class Sagas:
+    def __init__(
+        self,
+        commands: SagaCommands,
+        *,
+        read_models: ReadModels | None = None,
+        engine: EngineStatus | None = None,
+    ) -> None:
+        self.commands = commands
+        self._read_models = read_models
+        self._engine = engine
+
+    # --- commands ----------------------------------------------------------------------------------------
+    async def register_definition(self, who: Principal, raw: Any) -> Registered:
+        return await self.commands.register_definition(who.tenant, who.actor, raw)
+
+    async def definition_versions(self, who: Principal, name: str) -> dict[str, tuple[dict[str, Any], str]]:
+        return await self.commands.definition_versions(who.tenant, name)
+
+    async def start(
+        self,
+        who: Principal,
+        *,
+        name: str,
+        version: str | None,
+        context: dict[str, Any],
+        client_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Started:
+        started = await self.commands.start(
+            who.tenant,
+            who.actor,
+            name=name,
+            version=version,
+            context=context,
+            client_id=client_id,
+            idempotency_key=idempotency_key,
+        )
+        if started.created:
+            await self._wake(started.saga_id)
+        return started
+
+    async def intervene(
+        self,
+        who: Principal,
+        saga_id: str,
+        command: ManualCommand,
+        *,
+        reason: str,
+        idempotency_key: str,
+        step: str | None = None,
+        if_match: int | None = None,
+    ) -> Intervened:
+        result = await self.commands.intervene(
+            who.tenant,
+            who.actor,
+            saga_id,
+            command,
+            reason=reason,
+            idempotency_key=idempotency_key,
+            step=step,
+            if_match=if_match,
+        )
+        if result.applied:
+            await self._wake(saga_id)
+        return result
+
+    async def _wake(self, saga_id: str) -> None:
+        """Let this process's actor look at the saga now. Only a latency hint (the kick timer and the
+        subscription bring the saga back anyway), so a busy engine never holds up the answer."""
+        engine = self._engine
+        if engine is None or engine.stopping:
+            return
+        # A clean context: an actor created here outlives the request and must not carry its trace id.
+        task = asyncio.create_task(engine.wake(saga_stream(saga_id)), context=contextvars.Context())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(task, WAKE_TIMEOUT_S)
+
+    # --- queries (read models of the caller's tenant) ------------------------------------------------------
+    def _models(self) -> ReadModels:
+        if self._read_models is None:
+            raise ReadModelUnavailable("this node serves no read models")
+        return self._read_models
+
+    async def saga(self, who: Principal, saga_id: str) -> SagaView | None:
+        view = await self._models().saga(who.tenant, saga_id)
+        return view if view is not None and view.tenant == who.tenant else None
+
+    async def list_sagas(
+        self,
+        who: Principal,
+        *,
+        status: str | None = None,
+        definition: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[SagaSummary]:
+        try:
+            return await self._models().list_sagas(
+                who.tenant, status=status, definition=definition, limit=limit, cursor=cursor
+            )
+        except ValueError:
+            raise Invalid([Issue("cursor", "not a cursor from this list")], code="invalid-query") from None
+
+    async def dlq(self, who: Principal, *, limit: int = 50, cursor: str | None = None) -> Page[SagaSummary]:
+        try:
+            return await self._models().dlq(who.tenant, limit=limit, cursor=cursor)
+        except ValueError:
+            raise Invalid([Issue("cursor", "not a cursor from this list")], code="invalid-query") from None
+
+    async def definitions(self, who: Principal) -> list[DefinitionSummary]:
+        return await self._models().definitions(who.tenant)
+
+    async def counters(self, who: Principal) -> SagaCounters:
+        return await self._models().counters(who.tenant)
+
+    async def wait_for_read_model(self, position: Position, timeout: float) -> tuple[bool, Position | None]:  # noqa: ASYNC109
+        """Wait (bounded) until the read models reached ``position``; (reached, where they are)."""
+        return await self._models().wait_for(position, timeout)
