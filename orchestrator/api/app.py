@@ -31,7 +31,7 @@ def create_app(deps: ApiDeps) -> web.Application:
         client_max_size=deps.settings.server.max_body_bytes + 1,
     )
     app[DEPS] = deps
-    app[SAGAS] = Sagas(deps.commands, read_models=deps.read_models, engine=deps.engine)
+    app[SAGAS] = Sagas(deps.store, deps.commands, read_models=deps.read_models, engine=deps.engine)
     app[OPENAPI] = build_openapi(ROUTES, deps.settings, version=deps.node.version)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)

@@ -17,11 +17,7 @@ from orchestrator.api.problems import FieldProblem, Problem, from_app_error, inv
 from orchestrator.app.errors import Invalid
 from orchestrator.app.ports import ReadModelUnavailable
 from orchestrator.app.sagas import Sagas
-from orchestrator.domain.events import SagaStarted
-from orchestrator.eventstore.errors import OperationalError, StreamDeleted, StreamNotFound
-from orchestrator.eventstore.types import RecordedEvent
-from orchestrator.records.codec import from_recorded
-from orchestrator.records.streams import saga_stream
+from orchestrator.eventstore.errors import OperationalError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -122,21 +118,6 @@ async def store_guard() -> AsyncIterator[None]:
         yield
     except OperationalError as e:
         raise Problem(503, "store-unavailable", f"the event store is unavailable: {e}", headers=_RETRY) from e
-
-
-async def owned_saga_start(request: web.Request, saga_id: str) -> RecordedEvent:
-    """The saga's first event, if the saga exists and belongs to the caller's tenant; else 404."""
-    who = principal(request)
-    store = deps(request).store
-    try:
-        async with store_guard():
-            first = await store.read_stream(saga_stream(saga_id), limit=1)
-    except (StreamNotFound, StreamDeleted):
-        first = []
-    event = from_recorded(first[0]).event if first else None
-    if not isinstance(event, SagaStarted) or event.tenant != who.tenant:
-        raise Problem(404, "not-found", f"no saga {saga_id!r}")
-    return first[0]
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ from orchestrator.api.common import (
     deps,
     int_query,
     json_response,
-    owned_saga_start,
     principal,
     query_errors,
     read_guard,
@@ -181,10 +180,9 @@ async def events(request: web.Request) -> web.Response:
     saga_id = saga_id_param(request)
     start_from = int_query(request, "from_revision", 0, 0, 10**9)
     limit = int_query(request, "limit", 200, 1, _EVENT_PAGE)
-    first = await owned_saga_start(request, saga_id)
     async with store_guard():
-        found = list(
-            await deps(request).store.read_stream(first.stream, from_revision=start_from, limit=limit + 1)
+        found = await sagas(request).history(
+            principal(request), saga_id, from_revision=start_from, limit=limit + 1
         )
     more = len(found) > limit
     items = [_record(e) for e in found[:limit]]

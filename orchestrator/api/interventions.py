@@ -37,7 +37,6 @@ from orchestrator.api.routes import (
     Route,
 )
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.records.streams import saga_stream
 
 _ETAG = re.compile(r'^(?:W/)?"(\d{1,12})"$|^(\d{1,12})$')
 
@@ -55,10 +54,8 @@ def if_match(request: web.Request) -> int | None:
 
 
 async def _head_position(request: web.Request, saga_id: str) -> str | None:
-    events = await deps(request).store.read_stream(
-        saga_stream(saga_id), from_revision=-1, backwards=True, limit=1
-    )
-    return events[0].position.encode() if events else None
+    last = await sagas(request).last_event(principal(request), saga_id)
+    return last.position.encode()
 
 
 def handler(command: ManualCommand) -> Handler:

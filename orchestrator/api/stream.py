@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from orchestrator.api.common import deps, owned_saga_start, saga_id_param, store_guard
+from orchestrator.api.common import deps, principal, saga_id_param, sagas, store_guard
 from orchestrator.api.problems import invalid_field
 from orchestrator.api.routes import SAGA_ID, TENANT_PROBLEMS, Param, Reply, Route
 from orchestrator.eventstore.errors import EventStoreError
@@ -110,13 +110,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     saga_id = saga_id_param(request)
     d = deps(request)
     last_seen = _last_seen(request)
-    first = await owned_saga_start(request, saga_id)
+    who = principal(request)
+    use = sagas(request)
     async with store_guard():
-        head = (await d.store.read_stream(first.stream, from_revision=-1, backwards=True, limit=1))[0]
+        head = await use.last_event(who, saga_id)
     if head.type in TERMINAL_EVENTS and last_seen is not None and last_seen >= head.revision:
         return web.Response(status=204)
     async with store_guard():
-        subscription = await d.store.subscribe_stream(first.stream, after_revision=last_seen)
+        subscription = await use.follow(who, saga_id, last_seen)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )

@@ -13,12 +13,16 @@ import contextvars
 from typing import Any
 
 from orchestrator.app.commands import Intervened, Registered, SagaCommands, Started
-from orchestrator.app.errors import Invalid
+from orchestrator.app.errors import Invalid, NotFound
 from orchestrator.app.ports import EngineStatus, ReadModels, ReadModelUnavailable
 from orchestrator.app.principal import Principal
 from orchestrator.domain.errors import Issue
+from orchestrator.domain.events import SagaStarted
 from orchestrator.domain.vocabulary import ManualCommand
-from orchestrator.eventstore.types import Position
+from orchestrator.eventstore.errors import StreamDeleted, StreamNotFound
+from orchestrator.eventstore.port import EventStore, StreamSubscription
+from orchestrator.eventstore.types import Position, RecordedEvent
+from orchestrator.records.codec import from_recorded
 from orchestrator.records.streams import saga_stream
 from projections.views import DefinitionSummary, Page, SagaCounters, SagaSummary, SagaView
 
@@ -29,11 +33,13 @@ WAKE_TIMEOUT_S = 0.5
 class Sagas:
     def __init__(
         self,
+        store: EventStore,
         commands: SagaCommands,
         *,
         read_models: ReadModels | None = None,
         engine: EngineStatus | None = None,
     ) -> None:
+        self._store = store
         self.commands = commands
         self._read_models = read_models
         self._engine = engine
@@ -103,6 +109,35 @@ class Sagas:
         task = asyncio.create_task(engine.wake(saga_stream(saga_id)), context=contextvars.Context())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(task, WAKE_TIMEOUT_S)
+
+    # --- the saga's own history (the store, not a read model) --------------------------------------------
+    async def first_event(self, who: Principal, saga_id: str) -> RecordedEvent:
+        """The saga's ``SagaStarted``, if the saga exists for the caller's tenant; else ``NotFound``."""
+        try:
+            first = await self._store.read_stream(saga_stream(saga_id), limit=1)
+        except (StreamNotFound, StreamDeleted):
+            first = []
+        event = from_recorded(first[0]).event if first else None
+        if not isinstance(event, SagaStarted) or event.tenant != who.tenant:
+            raise NotFound(f"no saga {saga_id!r}")
+        return first[0]
+
+    async def history(
+        self, who: Principal, saga_id: str, *, from_revision: int = 0, limit: int = 200
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` recorded events of the caller's saga from ``from_revision`` on."""
+        first = await self.first_event(who, saga_id)
+        return list(await self._store.read_stream(first.stream, from_revision=from_revision, limit=limit))
+
+    async def last_event(self, who: Principal, saga_id: str) -> RecordedEvent:
+        first = await self.first_event(who, saga_id)
+        found = await self._store.read_stream(first.stream, from_revision=-1, backwards=True, limit=1)
+        return found[0] if found else first
+
+    async def follow(self, who: Principal, saga_id: str, after_revision: int | None) -> StreamSubscription:
+        """The caller's saga's events after ``after_revision``, history then live (SSE, GraphQL later)."""
+        first = await self.first_event(who, saga_id)
+        return await self._store.subscribe_stream(first.stream, after_revision=after_revision)
 
     # --- queries (read models of the caller's tenant) ------------------------------------------------------
     def _models(self) -> ReadModels:
