@@ -5,7 +5,6 @@ bundled Redis. Requests go through aiohttp's test client over a real socket."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,8 +36,6 @@ from tests.seed import seed_definition
 __all__ = ["redis_prefix", "redis_server", "redis_url"]
 
 SERVICES = ("order-service", "inventory-service", "payment-service")
-HAVE_PROJECTOR = importlib.util.find_spec("projections.service") is not None
-NO_PROJECTOR = "projections/service.py (the read side) is not there yet"
 DEFINITIONS = "/api/v1/sagas/definitions"
 INSTANCES = "/api/v1/sagas/instances"
 WAITING = {"SagaCompleted", "SagaCompensated", "SagaDeadLettered", "SagaSuspended"}
@@ -196,8 +193,6 @@ async def api(make_api: ApiFactory) -> Api:
 @pytest.fixture
 async def api_rm(make_api: ApiFactory, redis_url: str, redis_prefix: str) -> Api:
     """The API with the read side (the projector on the bundled Redis)."""
-    if not HAVE_PROJECTOR:
-        pytest.skip(NO_PROJECTOR)
     return await make_api(redis=(redis_url, redis_prefix))
 
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-
 from tests.api.conftest import (
     DEFINITIONS,
-    HAVE_PROJECTOR,
     INSTANCES,
-    NO_PROJECTOR,
     Api,
     ApiFactory,
     fast_definition,
@@ -75,7 +71,6 @@ async def test_tenant_header_is_required_and_checked(make_api: ApiFactory) -> No
     assert ok.status == 200
 
 
-@pytest.mark.skipif(not HAVE_PROJECTOR, reason=NO_PROJECTOR)
 async def test_nothing_crosses_tenants_on_the_read_side(
     make_api: ApiFactory, redis_url: str, redis_prefix: str
 ) -> None:
