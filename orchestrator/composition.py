@@ -25,6 +25,7 @@ from orchestrator.app.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
+from orchestrator.engine.timers import TimerIndex
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.port import EventStore
 from orchestrator.observability.metrics import EmbeddedStoreCollector, EngineMetrics
@@ -101,7 +102,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
                 store,
                 executor,
                 settings=settings.engine,
-                data_dir=settings.event_store.data_dir,
+                timer_index=TimerIndex(settings.event_store.data_dir / f"timers-{settings.engine.group}.db"),
                 acquire_caps_ms={n: s.pool_acquire_timeout_ms for n, s in services.items()},
                 node_id=node.node_id,
                 metrics=EngineMetrics(registry),

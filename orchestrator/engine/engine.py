@@ -42,7 +42,8 @@ class Engine:
         executor: Executor,
         *,
         settings: EngineSettings,
-        data_dir: Path,
+        data_dir: Path | None = None,
+        timer_index: TimerIndex | None = None,
         acquire_caps_ms: Mapping[str, int] | None = None,
         node_id: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -61,7 +62,10 @@ class Engine:
         self._sequence = itertools.count(1)
         self._acquire_caps = dict(acquire_caps_ms or {})
         self.tuning = self.tuning_for(settings, self._acquire_caps)
-        self._data_dir = data_dir
+        if (data_dir is None) == (timer_index is None):
+            raise ValueError("give the engine its timer index, or the data directory to keep one in")
+        #: the timer index: given, or opened at start in ``data_dir`` (one file per group)
+        self._index_path = data_dir / f"timers-{settings.group}.db" if data_dir is not None else None
         self._actors: dict[str, SagaActor] = {}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self.cache = SagaStateCache(state_cache_size)
@@ -72,7 +76,7 @@ class Engine:
         self._store_taking.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: PersistentSubscription | None = None
-        self._index: TimerIndex | None = None
+        self._index: TimerIndex | None = timer_index
         self.firer: TimerFirer | None = None
         self.timer_projection: TimerProjection | None = None
         self.stopping = False
@@ -152,7 +156,9 @@ class Engine:
 
     async def start(self) -> None:
         await self.ensure_group()
-        self._index = TimerIndex(self._data_dir / f"timers-{self.settings.group}.db")
+        if self._index is None:
+            assert self._index_path is not None
+            self._index = TimerIndex(self._index_path)
         self.firer = TimerFirer(self._index, self._on_due, window=self.settings.timer_window_s)
         self.timer_projection = TimerProjection(
             self.store, self._index, self.firer, on_applied=self._timers_applied
