@@ -1,8 +1,8 @@
-"""What the API is built from (:class:`ApiDeps`), the read-side ports it codes against, and the typed
-application and request keys.
+"""What the API is built from (:class:`ApiDeps`) and the typed application and request keys.
 
-The API depends on the read side through small protocols rather than the Redis classes, so the composition
-root decides what serves reads (or that nothing does: then every read endpoint answers 503).
+The API reaches the read side and the engine only through the application layer's ports
+(``orchestrator.app.ports``), so the composition root decides what serves reads (or that nothing does:
+then every read endpoint answers 503); handlers call the use cases (``orchestrator.app.Sagas``).
 """
 
 from __future__ import annotations
