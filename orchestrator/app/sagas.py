@@ -13,7 +13,7 @@ import contextvars
 from typing import Any
 
 from orchestrator.app.commands import Intervened, Registered, SagaCommands, Started
-from orchestrator.app.errors import Invalid, NotFound
+from orchestrator.app.errors import AppError, Invalid, NotFound
 from orchestrator.app.ports import EngineStatus, ReadModels, ReadModelUnavailable
 from orchestrator.app.principal import Principal
 from orchestrator.domain.errors import Issue
@@ -98,6 +98,37 @@ class Sagas:
         if result.applied:
             await self._wake(saga_id)
         return result
+
+    async def intervene_matching(
+        self,
+        who: Principal,
+        command: ManualCommand,
+        *,
+        reason: str,
+        idempotency_key: str,
+        status: str | None = None,
+        definition: str | None = None,
+        limit: int = 100,
+    ) -> list[tuple[str, Intervened | AppError]]:
+        """One person's command for every saga of the caller's tenant the read model lists under the
+        filter (at most ``limit``), each decided on its own stream as :meth:`intervene` decides it: the read
+        model only selects, it never decides. Each saga's key is ``idempotency_key`` and its id, so repeating
+        the request changes nothing already done. Returns each saga's result or refusal."""
+        page = await self.list_sagas(who, status=status, definition=definition, limit=limit)
+        results: list[tuple[str, Intervened | AppError]] = []
+        for summary in page.items:
+            try:
+                result: Intervened | AppError = await self.intervene(
+                    who,
+                    summary.saga_id,
+                    command,
+                    reason=reason,
+                    idempotency_key=f"{idempotency_key}:{summary.saga_id}",
+                )
+            except AppError as e:
+                result = e
+            results.append((summary.saga_id, result))
+        return results
 
     async def _wake(self, saga_id: str) -> None:
         """Let this process's actor look at the saga now. Only a latency hint (the kick timer and the

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from orchestrator.app import AppError, Principal
+from orchestrator.app.sagas import Sagas
 from orchestrator.domain.vocabulary import ManualCommand
 from projections.projectors.keys import saga_key
 from projections.queries import ReadModels
@@ -311,3 +313,32 @@ async def test_a_read_that_meets_a_generation_switch_reads_the_new_generation(
     assert [d.name for d in await models.definitions(ACME)]
     stale.append(deleted)
     assert (await models.counters(ACME)).total > 0
+
+
+async def test_a_command_for_every_saga_a_filter_selects_is_decided_per_saga(
+    sagas: Scenario, service: ProjectorService
+) -> None:
+    """Bulk intervention: the read model selects, each saga's own stream decides, a repeat changes nothing,
+    and another tenant's sagas are never touched."""
+    await _settled(sagas, service.read_models)
+    use = Sagas(sagas.store, sagas.commands, read_models=service.read_models)
+    ops = Principal(ACME, "ops@example", frozenset({"operator"}))
+    first = await use.intervene_matching(
+        ops, ManualCommand.RESOLVE, reason="closed by hand", idempotency_key="bulk-1", status="suspended"
+    )
+    assert [saga_id for saga_id, _ in first] == [sagas.ids["suspended"]]
+    [(_, result)] = first
+    assert not isinstance(result, Exception)
+    assert result.applied
+    await _status(service.read_models, ACME, sagas.ids["suspended"], "completed")
+    again = await use.intervene_matching(
+        ops, ManualCommand.RESOLVE, reason="closed by hand", idempotency_key="bulk-1", status="completed"
+    )
+    # The saga resolved above sees its own key again: nothing changes. The other completed sagas refuse
+    # resolve: each refusal comes back with its saga, and none stops the others.
+    outcomes = dict(again)
+    assert len(outcomes) == 6
+    repeat = outcomes.pop(sagas.ids["suspended"])
+    assert not isinstance(repeat, AppError)
+    assert not repeat.applied
+    assert all(isinstance(r, AppError) and r.code == "intervention-refused" for r in outcomes.values())
