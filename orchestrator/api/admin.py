@@ -15,14 +15,13 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from orchestrator.api.common import deps, json_response, require_admin, store_guard
+from orchestrator.api.common import deps, json_response, operations, principal, require_admin, store_guard
 from orchestrator.api.deps import REBUILD, RebuildState
 from orchestrator.api.health import subscription_model
 from orchestrator.api.models import Accepted, RebuildStatus, SubscriptionList
 from orchestrator.api.problems import Problem
 from orchestrator.api.routes import Param, Reply, Route
 from orchestrator.app.ports import Projector, RebuildProgress
-from orchestrator.eventstore.errors import SubscriptionNotFound
 from orchestrator.eventstore.types import Position
 
 log = structlog.get_logger("orchestrator.api")
@@ -93,20 +92,15 @@ async def rebuild_progress(request: web.Request) -> web.Response:
 
 
 async def subscriptions(request: web.Request) -> web.Response:
-    require_admin(request)
     async with store_guard():
-        infos = await deps(request).store.list_subscriptions()
+        infos = await operations(request).subscriptions(principal(request))
     return json_response(SubscriptionList(items=[subscription_model(i) for i in infos]))
 
 
 async def replay_parked(request: web.Request) -> web.Response:
-    require_admin(request)
     group = request.match_info["group"]
-    try:
-        async with store_guard():
-            await deps(request).store.replay_parked(group)
-    except SubscriptionNotFound:
-        raise Problem(404, "not-found", f"no subscription group {group!r}") from None
+    async with store_guard():
+        await operations(request).replay_parked(principal(request), group)
     return json_response(
         Accepted(status="accepted", detail=f"parked events of {group!r} are redelivered"), 202
     )

@@ -6,10 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from orchestrator.api import admin, definitions, health, instances, interventions, stream
-from orchestrator.api.deps import DEPS, SAGAS, ApiDeps
+from orchestrator.api.deps import DEPS, OPERATIONS, SAGAS, ApiDeps
 from orchestrator.api.middleware import observe, request_histogram
 from orchestrator.api.openapi import OPENAPI, ROUTE, build_openapi
 from orchestrator.api.routes import Route
+from orchestrator.app.operations import Operations
 from orchestrator.app.sagas import Sagas
 
 #: the brief's paths first, then design.md §7
@@ -31,6 +32,7 @@ def create_app(deps: ApiDeps) -> web.Application:
         client_max_size=deps.settings.server.max_body_bytes + 1,
     )
     app[DEPS] = deps
+    app[OPERATIONS] = Operations(deps.store)
     app[SAGAS] = Sagas(deps.store, deps.commands, read_models=deps.read_models, engine=deps.engine)
     app[OPENAPI] = build_openapi(ROUTES, deps.settings, version=deps.node.version)
     for route in ROUTES:

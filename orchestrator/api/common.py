@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.api.deps import DEPS, PRINCIPAL, SAGAS, ApiDeps
-from orchestrator.api.principal import ADMIN, Principal, resolve_principal
+from orchestrator.api.deps import DEPS, OPERATIONS, PRINCIPAL, SAGAS, ApiDeps
+from orchestrator.api.principal import Principal, resolve_principal
 from orchestrator.api.problems import FieldProblem, Problem, from_app_error, invalid_field
 from orchestrator.app.errors import Invalid
+from orchestrator.app.operations import Operations
+from orchestrator.app.operations import require_admin as check_admin
 from orchestrator.app.ports import ReadModelUnavailable
 from orchestrator.app.sagas import Sagas
 from orchestrator.eventstore.errors import OperationalError
@@ -37,8 +39,7 @@ def principal(request: web.Request) -> Principal:
 
 def require_admin(request: web.Request) -> Principal:
     who = principal(request)
-    if ADMIN not in who.roles:
-        raise Problem(403, "forbidden", "the admin role is required (X-Roles: admin)")
+    check_admin(who)
     return who
 
 
@@ -89,6 +90,11 @@ def str_query(request: web.Request, name: str, max_length: int = 200) -> str | N
     if len(raw) > max_length:
         raise invalid_field(400, "invalid-query", f"query.{name}", f"at most {max_length} characters")
     return raw
+
+
+def operations(request: web.Request) -> Operations:
+    """The admin use cases."""
+    return request.app[OPERATIONS]
 
 
 def sagas(request: web.Request) -> Sagas:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.api.principal import Principal
 from orchestrator.app.commands import SagaCommands
+from orchestrator.app.operations import Operations
 from orchestrator.app.ports import EngineStatus, Projector, ReadModels, RebuildProgress
 from orchestrator.app.sagas import Sagas
 from orchestrator.eventstore.port import EventStore
@@ -60,5 +61,6 @@ class RebuildState:
 
 DEPS = web.AppKey("deps", ApiDeps)
 SAGAS = web.AppKey("sagas", Sagas)
+OPERATIONS = web.AppKey("operations", Operations)
 REBUILD = web.AppKey("rebuild", RebuildState)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.app.errors import AppError, Conflict, Invalid, NotFound, PreconditionFailed
+from orchestrator.app.errors import AppError, Conflict, Forbidden, Invalid, NotFound, PreconditionFailed
 
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "urn:saga-orchestrator:problem:"
@@ -103,6 +103,7 @@ def from_http_exception(e: web.HTTPException) -> Problem:
 
 #: the HTTP status of each application error class (the one place the API decides it)
 _APP_STATUS: Mapping[type[AppError], int] = {
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     PreconditionFailed: 412,

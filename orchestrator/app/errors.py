@@ -28,6 +28,12 @@ class NotFound(AppError):
     default_code = "not-found"
 
 
+class Forbidden(AppError):
+    """The caller is who they say, but may not do this."""
+
+    default_code = "forbidden"
+
+
 class Conflict(AppError):
     """Not possible in the current state (a person's command the saga refuses, a taken id)."""
 
