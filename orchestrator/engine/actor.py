@@ -46,8 +46,6 @@ _REDECIDE = 20
 #: while outcomes wait for the store, the actor tries again after this long, doubling up to the cap
 _RETRY_FIRST_S = 0.05
 _RETRY_CAP_S = 2.0
-#: an append acknowledged later than this after its plan was made is folded at the acknowledgement time
-_SLOW_APPEND_S = 0.01
 
 
 class ActorHost(Protocol):
@@ -301,10 +299,11 @@ class SagaActor:
                 return
             if await self._append(state, plan):
                 acked = self.host.clock()
-                if acked - now_s > _SLOW_APPEND_S or plan.state is None:
-                    # The store recorded these events when it committed them, after ``now``: fold them at
-                    # the acknowledgement instead, or deadlines (which count from the recorded time) would
-                    # look due early and a slow append would time out the attempt it just started.
+                if acked - now_s > self.host.tuning.attempt_slack_ms / 2000 or plan.state is None:
+                    # The store recorded these events when it committed them, after ``now``. An attempt's
+                    # deadline is at least its slack away, so folding at ``now`` is safe unless the append
+                    # took a good part of that; then fold at the acknowledgement, or the deadline would
+                    # look due at once and time out the attempt the append just started.
                     self.state = apply(state, plan.events, datetime.fromtimestamp(acked, UTC))
                 else:
                     self.state = plan.state
