@@ -5,6 +5,7 @@ saga-orchestrator replay SAGA_ID [--at REVISION] [--verify]
 saga-orchestrator definitions register FILE
 saga-orchestrator projections rebuild
 saga-orchestrator eventstore streams|stream|subscriptions|parked …
+saga-orchestrator eventstore serve [--data-dir DIR] [--host HOST] [--port PORT]
 
 The README's "Command line" section shows each with an example; a test keeps the two in step.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -67,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("--url", help="the service's base URL (default: from the settings)")
 
-    store = sub.add_parser("eventstore", help="read-only views of the event store")
+    store = sub.add_parser("eventstore", help="the event store: read-only views, and serving it over gRPC")
     ssub = store.add_subparsers(dest="action", required=True)
     streams = ssub.add_parser("streams", help="streams of a category", description=STORE)
     streams.add_argument("--prefix", default="saga-", help="the category's prefix (default: saga-)")
@@ -78,6 +81,17 @@ def parser() -> argparse.ArgumentParser:
     parked = ssub.add_parser("parked", help="parked events of a group", description=STORE)
     parked.add_argument("group", nargs="?", default="orchestrator", metavar="GROUP")
     parked.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default: 50)")
+    serve_store = ssub.add_parser(
+        "serve",
+        help="serve the embedded store over the KurrentDB client protocol (gRPC)",
+        description=WORKS_ON
+        + "the embedded store's directory, which it holds (not beside a running service)",
+    )
+    serve_store.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="the store's directory (default: from the settings)"
+    )
+    serve_store.add_argument("--host", default="127.0.0.1", help="insecure: loopback by default")
+    serve_store.add_argument("--port", type=int, default=2113, help="0 picks a free port (default: 2113)")
     return root
 
 
@@ -100,6 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     log_notes(notes)
+    if args.command == "eventstore" and args.action == "serve":
+        # A server of its own (its own event loop and signal handling), like `python -m …server`; imported
+        # here so that no other command loads gRPC.
+        from orchestrator.eventstore.server.__main__ import serve as serve_store
+        from orchestrator.eventstore.server.app import ServerOptions
+
+        data_dir = args.data_dir or settings.event_store.data_dir
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_store(ServerOptions(data_dir=data_dir, host=args.host, port=args.port)))
+        return 0
     try:
         return asyncio.run(commands.dispatch(args, settings))
     except commands.CliError as e:

@@ -123,8 +123,10 @@ async def test_every_cli_example_in_the_readme_prints_what_it_shows(tmp_path: Pa
         "eventstore subscriptions",
         "eventstore parked",
         "projections rebuild",
+        "eventstore serve",
     ]
-    serve, register, *reads, rebuild = cases
+    serve, register, *reads, rebuild, serve_store = cases
+    await _check_eventstore_serve(serve_store, tmp_path)
     async with running_service(tmp_path, SAGA_CONFIG=str(config)) as service:
         # serve: the harness runs `python -m orchestrator serve` with SAGA_LOG_FORMAT=json, as shown.
         assert serve.argv == ["serve"]
@@ -162,3 +164,27 @@ async def test_every_cli_example_in_the_readme_prints_what_it_shows(tmp_path: Pa
 
         output = await asyncio.to_thread(_run, rebuild, service, tmp_path, tmp_path, saga_id)
         _check(rebuild, output, service, saga_id)
+
+
+async def _check_eventstore_serve(example: Example, tmp_path: Path) -> None:
+    """The example as written, in a directory of its own: it prints the line shown once it listens, and
+    stops cleanly on SIGTERM."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        *example.argv,
+        cwd=tmp_path,
+        env={**outside_settings(), **example.env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert pattern(example.expected).fullmatch(line.decode()), (line, example.expected)
+        assert (tmp_path / "served-store").is_dir()
+    finally:
+        process.terminate()
+        code = await asyncio.wait_for(process.wait(), 30)
+    assert code == 0

@@ -23,7 +23,8 @@ def _parse(argv: list[str] | None) -> ServerOptions:
     return ServerOptions(data_dir=args.data_dir, host=args.host, port=args.port, report=args.report)
 
 
-async def _serve(options: ServerOptions) -> None:
+async def serve(options: ServerOptions) -> None:
+    """Serve until SIGINT or SIGTERM; print one line once listening."""
     server = await EventStoreServer.start(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -39,7 +40,7 @@ async def _serve(options: ServerOptions) -> None:
 def main(argv: list[str] | None = None) -> None:
     options = _parse(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(options))
+        asyncio.run(serve(options))
     sys.exit(0)
 
 
