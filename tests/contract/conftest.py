@@ -19,16 +19,13 @@ from orchestrator.eventstore import EventStore, RecordedEvent
 from tests.contract.harness import (
     EVENTSTORE_URL,
     LOCAL_SERVER,
-    NO_PERSISTENT,
     EmbeddedHarness,
     KurrentHarness,
     LocalServer,
+    LocalServerHarness,
     StoreHarness,
 )
 from tests.contract.support import Collect, Collector, Names
-
-#: modules whose cases need persistent subscriptions, which the local server does not serve yet
-_PERSISTENT_MODULES = {"test_persistent", "test_persistent_recovery"}
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +48,7 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         harness = KurrentHarness(os.environ[EVENTSTORE_URL])
     else:
         server = request.getfixturevalue("local_server")
-        harness = KurrentHarness(server.url)
+        harness = LocalServerHarness(server)
     refused_before = len(server.refused()) if server is not None else 0
     try:
         yield harness
@@ -61,22 +58,6 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         refused = server.refused()[refused_before:]
         if refused:
             pytest.fail(f"the local event store server refused or failed requests of this test: {refused}")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if os.environ.get(EVENTSTORE_URL):
-        return
-    skip = pytest.mark.skip(reason=NO_PERSISTENT)
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        module = getattr(item, "module", None)
-        if (
-            callspec is not None
-            and callspec.params.get("harness") == "kurrent"
-            and module is not None
-            and module.__name__.rsplit(".", 1)[-1] in _PERSISTENT_MODULES
-        ):
-            item.add_marker(skip)
 
 
 @pytest.fixture

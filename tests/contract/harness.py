@@ -24,8 +24,6 @@ LOCAL_SERVER = (
     "EVENTSTORE_URL not set: the KurrentDB lane runs against the local server "
     "(python -m orchestrator.eventstore.server over the embedded store)"
 )
-#: the reason persistent-subscription cases of the KurrentDB lane are skipped on the local server
-NO_PERSISTENT = "local server: persistent subscriptions: issue 12 part 2"
 
 
 class StoreHarness(ABC):
@@ -125,6 +123,22 @@ class KurrentHarness(StoreHarness):
         return store
 
 
+class LocalServerHarness(KurrentHarness):
+    """The KurrentDB adapter on the local server, which a test may restart (the session's one server:
+    tests run one at a time)."""
+
+    can_restart = True
+
+    def __init__(self, server: LocalServer) -> None:
+        super().__init__(server.url)
+        self._server = server
+
+    async def restart(self, store: EventStore) -> EventStore | None:
+        await store.close()
+        self._server.restart()
+        return await self.create()
+
+
 class LocalServer:
     """The local KurrentDB-compatible server as a subprocess (never a fork: gRPC objects belong to the
     process and event loop that made them). Requests it refuses are read back from its report file."""
@@ -137,16 +151,17 @@ class LocalServer:
         self._log = directory / "server.log"
         self._process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.port = 0
 
-    def start(self) -> str:
+    def start(self, port: int = 0) -> str:
         command = [
             sys.executable,
             "-m",
             "orchestrator.eventstore.server",
             "--data-dir",
-            str(self._directory / "data"),
+            str(self.data_dir),
         ]
-        command += ["--port", "0", "--report", str(self.report)]
+        command += ["--port", str(port), "--report", str(self.report)]
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=log, env=dict(os.environ)
@@ -158,8 +173,20 @@ class LocalServer:
             self.stop()
             raise RuntimeError(f"local event store server did not start: {line!r}; log: {self.log_tail()}")
         address = line.removeprefix(LISTENING).strip()
+        self.port = int(address.rsplit(":", 1)[1])
         self.url = f"esdb://{address}?tls=false"
         return self.url
+
+    @property
+    def data_dir(self) -> Path:
+        """The embedded store the server serves (open it only while the server is stopped)."""
+        return self._directory / "data"
+
+    def restart(self) -> None:
+        """Stop the process (gracefully: the store checkpoints and closes) and start it again on the
+        same data and port, so that clients holding the URL reconnect to it."""
+        self.stop()
+        self.start(self.port)
 
     def _first_line(self) -> str:
         assert self._process is not None

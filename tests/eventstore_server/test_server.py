@@ -155,19 +155,17 @@ async def test_an_unimplemented_method_is_refused_with_unimplemented_and_reporte
     before = len(server.refused())
     # The client has no class of its own for UNIMPLEMENTED: its catch-all GrpcError.
     with pytest.raises(GrpcError):
-        await client.get_subscription_info("no-such-group", timeout=5)
+        await client.get_projection_statistics("no-such-projection", timeout=5)
     refused = server.refused()[before:]
     assert refused, "the refusal was not reported"
     assert {r["kind"] for r in refused} == {"unimplemented"}
-    assert all("PersistentSubscriptions" in r["method"] for r in refused)
+    assert all("Projections" in r["method"] for r in refused)
 
 
 async def test_the_refusal_is_the_unimplemented_status(server: LocalServer) -> None:
     host_port = server.url.removeprefix("esdb://").split("?")[0]
     async with grpc.aio.insecure_channel(host_port) as channel:
-        call = channel.unary_unary(
-            "/event_store.client.persistent_subscriptions.PersistentSubscriptions/List"
-        )
+        call = channel.unary_unary("/event_store.client.projections.Projections/Statistics")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"", timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.eventstore.server.app import LISTENING, EventStoreServer, ServerOptions
+from orchestrator.observability.logging import configure_logging
 
 
 def _parse(argv: list[str] | None) -> ServerOptions:
@@ -39,6 +40,8 @@ async def serve(options: ServerOptions) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     options = _parse(argv)
+    # Logs go to stderr: stdout carries only the LISTENING line a supervisor waits for.
+    configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(options))
     sys.exit(0)

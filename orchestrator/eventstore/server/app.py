@@ -1,4 +1,5 @@
-"""The server: a grpc.aio server over one embedded store, one servicer class per service, and a last
+"""The server: a grpc.aio server over one embedded store, one servicer class per service (Streams,
+PersistentSubscriptions, Gossip), and a last
 handler that answers (and counts) every method no servicer implements."""
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ from pathlib import Path
 from typing import Any, Self
 
 import grpc  # type: ignore[import-untyped]
-from kurrentdbclient.protos.v1 import gossip_pb2, gossip_pb2_grpc, shared_pb2, streams_pb2_grpc
+from kurrentdbclient.protos.v1 import (
+    gossip_pb2,
+    gossip_pb2_grpc,
+    persistent_pb2_grpc,
+    shared_pb2,
+    streams_pb2_grpc,
+)
 
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.server.accounting import Accounting, UnimplementedHandler
+from orchestrator.eventstore.server.persistent import PersistentSubscriptionsServicer
+from orchestrator.eventstore.server.psgroups import Groups
 from orchestrator.eventstore.server.storage import ServerStore
 from orchestrator.eventstore.server.streams import StreamsServicer
 
@@ -72,8 +81,13 @@ class EventStoreServer:
                 raise OSError(f"cannot listen on {options.host}:{options.port}")
             # Generated, unannotated registration functions: the one untyped edge.
             add_streams: Any = streams_pb2_grpc.add_StreamsServicer_to_server
+            add_persistent: Any = persistent_pb2_grpc.add_PersistentSubscriptionsServicer_to_server
             add_gossip: Any = gossip_pb2_grpc.add_GossipServicer_to_server
-            add_streams(StreamsServicer(ServerStore(store), accounting), server)
+            server_store = ServerStore(store)
+            groups = Groups(server_store)
+            await groups.load()
+            add_streams(StreamsServicer(server_store, accounting), server)
+            add_persistent(PersistentSubscriptionsServicer(groups, accounting), server)
             add_gossip(GossipServicer(options.host, port), server)
             # Last: consulted only for methods no service above registered.
             server.add_generic_rpc_handlers((UnimplementedHandler(accounting),))

@@ -68,22 +68,27 @@ def new_event(message: Any) -> NewEvent:
     )
 
 
-def read_event(event: RecordedEvent) -> streams_pb2.ReadResp:
+def recorded_fields(event: RecordedEvent) -> dict[str, Any]:
+    """The fields of a ReadEvent.RecordedEvent, which Streams and PersistentSubscriptions share."""
     ticks = int(event.recorded_at.timestamp() * 1_000_000) * (_TICKS // 1_000_000)
-    recorded = streams_pb2.ReadResp.ReadEvent.RecordedEvent(
-        id=shared_pb2.UUID(string=str(event.id)),
-        stream_identifier=shared_pb2.StreamIdentifier(stream_name=event.stream.encode("utf-8")),
-        stream_revision=event.revision,
-        prepare_position=event.position.commit,
-        commit_position=event.position.commit,
-        metadata={
+    return {
+        "id": shared_pb2.UUID(string=str(event.id)),
+        "stream_identifier": shared_pb2.StreamIdentifier(stream_name=event.stream.encode("utf-8")),
+        "stream_revision": event.revision,
+        "prepare_position": event.position.commit,
+        "commit_position": event.position.commit,
+        "metadata": {
             "type": event.type,
             "content-type": _JSON if event.content_type == _JSON else _BINARY,
             "created": str(ticks),
         },
-        custom_metadata=event.metadata,
-        data=event.data,
-    )
+        "custom_metadata": event.metadata,
+        "data": event.data,
+    }
+
+
+def read_event(event: RecordedEvent) -> streams_pb2.ReadResp:
+    recorded = streams_pb2.ReadResp.ReadEvent.RecordedEvent(**recorded_fields(event))
     return streams_pb2.ReadResp(
         event=streams_pb2.ReadResp.ReadEvent(event=recorded, commit_position=event.position.commit)
     )

@@ -16,12 +16,17 @@ from kurrentdbclient.protos.v1 import shared_pb2, status_pb2, streams_pb2
 
 from orchestrator.eventstore.errors import (
     AppendTooLarge,
+    MaxSubscribersReached,
     StoreClosed,
     StreamDeleted,
     StreamNotFound,
+    SubscriptionDropped,
+    SubscriptionExists,
+    SubscriptionNotFound,
     WrongExpectedRevision,
 )
 from orchestrator.eventstore.server.convert import BadRequest, expected_long
+from orchestrator.eventstore.server.psconfig import GroupFailed
 from orchestrator.eventstore.types import MAX_APPEND_SIZE, Expected, StreamState
 
 # google.rpc.Code values, as BatchAppend's Status carries them
@@ -140,3 +145,41 @@ def _status(code: Any, message: str, details: Any) -> status_pb2.Status:
     packed = any_pb2.Any()
     packed.Pack(details)
     return status_pb2.Status(code=code, message=message, details=packed)
+
+
+def persistent_failure(e: BaseException, stream: str, group: str) -> Failure:
+    """The status of a persistent-subscription call (RpcExceptions.PersistentSubscription*): the client
+    maps NOT_FOUND, ALREADY_EXISTS, "Maximum subscriptions reached" and INTERNAL to its exceptions."""
+    names = (("stream-name", stream), ("group-name", group))
+    if isinstance(e, SubscriptionNotFound):
+        return Failure(
+            grpc.StatusCode.NOT_FOUND,
+            f"Subscription group {group} on stream {stream} does not exist.",
+            (("exception", "persistent-subscription-does-not-exist"), *names),
+        )
+    if isinstance(e, SubscriptionExists):
+        return Failure(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"Subscription group {group} on stream {stream} exists.",
+            (("exception", "persistent-subscription-exists"), *names),
+        )
+    if isinstance(e, MaxSubscribersReached):
+        return Failure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"Maximum subscriptions reached for subscription group {group} on stream {stream}.",
+            (("exception", "maximum-subscribers-reached"), *names),
+        )
+    if isinstance(e, GroupFailed):
+        return Failure(
+            grpc.StatusCode.INTERNAL,
+            f"Subscription group {group} on stream {stream} failed: '{e}'",
+            (("exception", "persistent-subscription-failed"), *names, ("reason", str(e))),
+        )
+    if isinstance(e, SubscriptionDropped):
+        # PersistentSubscriptionDropped: the server let go of the consumer (update, restart, shutdown).
+        return Failure(
+            grpc.StatusCode.CANCELLED,
+            f"Subscription group {group} on stream {stream} was dropped.",
+            (("exception", "persistent-subscription-dropped"), *names),
+        )
+    return failure(e, stream=stream)
