@@ -256,3 +256,21 @@ async def test_events_matching_amid_filtered_ones_are_delivered_while_appends_ra
     await asyncio.gather(*(writer(w) for w in range(8)))
     await eventually(lambda: len(consumer.events) >= 400, what="every matching event", timeout=10)
     assert len({e.id for e in consumer.events}) == 400
+
+
+async def test_round_robin_starts_with_the_first_consumer_and_takes_turns(
+    harness: StoreHarness, store: EventStore, names: Names, collect: Collect
+) -> None:
+    """As the server's RoundRobin strategy does (the first connected client first, then in turn); found by
+    the client's own upstream suite run against the local server."""
+    settings = replace(PATIENT, strategy=ConsumerStrategy.ROUND_ROBIN)
+    group = await create_group(harness, store, names, settings=settings, after=await mark(store, names))
+    first = await consume(store, group, collect)
+    await info_reaches(store, group, connections=1)
+    second = await consume(store, group, collect)
+    await info_reaches(store, group, connections=2)
+    events = names.events(4)
+    await store.append(names.stream("rr"), events, expected=NO_STREAM)
+    await eventually(lambda: len(first.events) + len(second.events) >= 4, what="4 deliveries")
+    assert [e.id for e in first.events] == [events[0].id, events[2].id]
+    assert [e.id for e in second.events] == [events[1].id, events[3].id]

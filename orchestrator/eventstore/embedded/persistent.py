@@ -362,8 +362,10 @@ class _Group:
                 owner = self.consumers[zlib.crc32(message.event.stream.encode()) % len(self.consumers)]
                 return owner if owner in live else None
             case ConsumerStrategy.ROUND_ROBIN:
+                # As the server: the first connected client first, then each in turn.
+                chosen = live[self._round_robin % len(live)]
                 self._round_robin = (self._round_robin + 1) % len(live)
-                return live[self._round_robin]
+                return chosen
             case ConsumerStrategy.DISPATCH_TO_SINGLE:
                 return live[0]
 
