@@ -119,14 +119,17 @@ class StepState:
     action: CallState = CallState()
     compensation: CallState = CallState()
     output: Any = None
-    # Succeeded, or some attempt's outcome is unknown: such a step is compensated on rollback.
-    possibly_effective: bool = False
     # The action keys (one per generation, oldest first) under which an effect may exist: a compensation
     # must undo every one of them, not only the newest generation's.
     effective_keys: tuple[str, ...] = ()
     # What the current compensation generation's first intent named: (the newest action key, every action
     # key; empty when written before generations were named), so each of its attempts sends the same body.
     compensation_named: tuple[str, tuple[str, ...]] | None = None
+
+    @property
+    def possibly_effective(self) -> bool:
+        """Succeeded, or some attempt's outcome is unknown: such a step is compensated on rollback."""
+        return bool(self.effective_keys)
 
 
 @dataclass(frozen=True)
@@ -423,10 +426,10 @@ def _call_started(
 
 def _maybe_effective(step: StepState, key: str | None) -> StepState:
     """The step may have taken effect under ``key``: it is compensated on rollback, under every such key."""
-    keys = step.effective_keys
-    if key is not None and key not in keys:
-        keys = (*keys, key)
-    return replace(step, possibly_effective=True, effective_keys=keys)
+    key = key or step.action.idempotency_key
+    if key is None or key in step.effective_keys:
+        return step
+    return replace(step, effective_keys=(*step.effective_keys, key))
 
 
 def _with_action(state: SagaState, name: str, call: CallState) -> SagaState:
