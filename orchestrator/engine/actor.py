@@ -131,6 +131,7 @@ class SagaActor:
         #: observed outcomes the store has not taken yet, oldest first: owned here until they are durable
         #: (design.md §0.3), whatever the store does meanwhile
         self._unrecorded: list[Outcome] = []
+        self._told_waiting = False
         self._retry_in = _RETRY_FIRST_S
 
     def post(self, message: Message) -> None:
@@ -166,7 +167,7 @@ class SagaActor:
             if self._unrecorded:
                 # Only a stopping engine leaves them: their attempts' deadlines will record them as unknown.
                 log.warning("outcomes_not_recorded", stream=self.stream, count=len(self._unrecorded))
-            self.host.outcomes_waiting(self, False)
+            self._waiting_for_store(False)
             self.host.actor_finished(self)
 
     async def _wait(self, seconds: float | None) -> None:
@@ -227,7 +228,7 @@ class SagaActor:
             log.exception("saga_internal_error", stream=self.stream)
             await self._suspend_for(e)
         self._retry_in = _RETRY_FIRST_S
-        self.host.outcomes_waiting(self, False)
+        self._waiting_for_store(False)
         if self.state is not None:
             self.host.cache.remember(self.stream, self.state, self._decided)
         for hint in hints:
@@ -237,7 +238,13 @@ class SagaActor:
         self._unrecorded = outcomes
         if outcomes:
             self._retry_in = min(self._retry_in * 2, _RETRY_CAP_S)
-        self.host.outcomes_waiting(self, bool(outcomes) and unavailable)
+        self._waiting_for_store(bool(outcomes) and unavailable)
+
+    def _waiting_for_store(self, waiting: bool) -> None:
+        """Tell the host only when this changes: every handled batch passes here (a hot path)."""
+        if waiting != self._told_waiting:
+            self._told_waiting = waiting
+            self.host.outcomes_waiting(self, waiting)
 
     async def _refresh(self) -> None:
         """Bring the folded state up to the stream head (incrementally when a state is cached)."""
