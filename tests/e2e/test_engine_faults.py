@@ -117,7 +117,7 @@ async def test_no_new_saga_is_taken_on_while_outcomes_wait_for_the_store(harness
     deliveries = engine.metrics.deliveries._value.get()
     b = await harness.start(context={"order_id": "o-2"}, steps=one_payment_attempt(5_000))
     await until(lambda: engine.metrics.deliveries._value.get() > deliveries)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a window in which the engine must not take b on (a negative: nothing to poll)
     assert types(await harness.history(b)) == ["SagaStarted"]
     assert harness.participants.calls("order-service", "validate")[-1].json["saga_id"] == a
     gate.refuse = None

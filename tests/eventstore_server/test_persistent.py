@@ -21,6 +21,7 @@ from kurrentdbclient.exceptions import (
 
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from tests.contract.harness import LocalServer
+from tests.contract.support import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,7 +82,7 @@ async def test_a_stream_group_delivers_its_stream_from_a_revision(client: AsyncK
             info = await client.get_subscription_info(group, stream)
             return info.last_checkpointed_event_position == "3"
 
-        await _poll(checkpointed, "a checkpoint at revision 3")
+        await eventually(checkpointed, 10.0, what="a checkpoint at revision 3")
     finally:
         await subscription.stop()
     assert [i.group_name for i in await client.list_subscriptions_to_stream(stream)] == [group]
@@ -124,7 +125,7 @@ async def test_nack_unknown_retries_and_nack_stop_does_nothing(client: AsyncKurr
         assert (retried[0].id, retried[0].retry_count) == (first.id, 1)
         # The server's NakAction.Stop is a no-op: the event stays in flight.
         await subscription.nack(second, "stop")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window for a redelivery or settle that must not happen
         assert (await client.get_subscription_info(group, stream)).total_in_flight_messages == 2
     finally:
         await subscription.stop()
@@ -182,12 +183,3 @@ async def test_groups_survive_a_restart_and_orphans_are_removed(server: LocalSer
         await client.delete_subscription(group)
     finally:
         await client.close()
-
-
-async def _poll(predicate: object, what: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)

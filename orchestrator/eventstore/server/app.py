@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import grpc  # type: ignore[import-untyped]
+import grpc
 from kurrentdbclient.protos.v1 import (
     gossip_pb2,
     gossip_pb2_grpc,

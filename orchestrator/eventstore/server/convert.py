@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from google.protobuf import timestamp_pb2  # type: ignore[import-untyped]
+from google.protobuf import timestamp_pb2
 from kurrentdbclient.protos.v1 import shared_pb2, streams_pb2
 
 from orchestrator.eventstore.types import Expected, NewEvent, RecordedEvent, StreamState

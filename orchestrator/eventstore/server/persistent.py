@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
+import grpc
 from kurrentdbclient.protos.v1 import persistent_pb2, shared_pb2
 
 from orchestrator.eventstore.errors import SubscriptionDropped, SubscriptionNotFound

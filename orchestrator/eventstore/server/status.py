@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
-from google.protobuf import any_pb2  # type: ignore[import-untyped]
+import grpc
+from google.protobuf import any_pb2
 from kurrentdbclient.protos.google.rpc import code_pb2
 from kurrentdbclient.protos.v1 import shared_pb2, status_pb2, streams_pb2
 

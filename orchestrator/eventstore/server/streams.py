@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
+import grpc
 from kurrentdbclient.protos.v1 import shared_pb2, streams_pb2
 
 from orchestrator.eventstore.errors import EventStoreError, WrongExpectedRevision
