@@ -6,6 +6,7 @@ saga-orchestrator definitions register FILE
 saga-orchestrator projections rebuild
 saga-orchestrator eventstore streams|stream|subscriptions|parked …
 saga-orchestrator eventstore serve [--data-dir DIR] [--host HOST] [--port PORT]
+saga-orchestrator dev [--engines N] [--apis N] [--data-dir DIR]
 
 The README's "Command line" section shows each with an example; a test keeps the two in step.
 """
@@ -24,7 +25,7 @@ import structlog
 from orchestrator.brief_config import Note
 from orchestrator.cli import commands
 from orchestrator.observability.logging import configure_logging
-from orchestrator.settings import ConfigError, load_settings_with_notes
+from orchestrator.settings import ConfigError, Settings, load_settings_with_notes
 
 ROLES = ("all", "api", "engine", "projector")
 #: what each command works on: its ``--help`` description (the README's CLI table shows the same)
@@ -92,6 +93,17 @@ def parser() -> argparse.ArgumentParser:
     )
     serve_store.add_argument("--host", default="127.0.0.1", help="insecure: loopback by default")
     serve_store.add_argument("--port", type=int, default=2113, help="0 picks a free port (default: 2113)")
+    dev = sub.add_parser(
+        "dev",
+        help="the production shape on this machine: each role its own process, one log stream",
+        description=WORKS_ON
+        + "a local event store server and Redis it starts, the demo participants, and the roles",
+    )
+    dev.add_argument("--engines", type=int, default=2, metavar="N", help="engine processes (default: 2)")
+    dev.add_argument("--apis", type=int, default=1, metavar="N", help="API processes (default: 1)")
+    dev.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="where everything keeps its data (default: settings)"
+    )
     return root
 
 
@@ -103,6 +115,28 @@ def log_notes(notes: Sequence[Note]) -> None:
             log.warning(note.event, detail=note.message)
         else:
             log.info(note.event, detail=note.message)
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    """The roles as processes on the local server (orchestrator.dev); the first API on the configured port."""
+    from orchestrator import dev
+
+    if args.engines < 1 or args.apis < 1:
+        print("error: --engines and --apis take 1 or more", file=sys.stderr)
+        return 2
+    environment = {"SAGA_LOG_FORMAT": "console" if settings.log_format == "auto" else settings.log_format}
+    deployment = dev.Deployment(
+        args.data_dir or settings.event_store.data_dir,
+        topology=dev.Topology(apis=args.apis, engines=args.engines),
+        redis_url=settings.redis.url,
+        services={n: s.model_dump(mode="json") for n, s in settings.services.items()},
+        demo=settings.demo.enabled != "off",
+        environment=environment,
+        api_port=settings.server.port,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(dev.run(deployment))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_store(ServerOptions(data_dir=data_dir, host=args.host, port=args.port)))
         return 0
+    if args.command == "dev":
+        return _dev(args, settings)
     try:
         return asyncio.run(commands.dispatch(args, settings))
     except commands.CliError as e:

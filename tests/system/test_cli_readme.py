@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.seed import SEED_START
-from tests.system.service import ROOT, Service, curl, outside_settings, running_service
+from tests.system.service import ROOT, Service, curl, free_port, outside_settings, running_service
 from tests.system.test_quickstart import _until_status
 
 README = (ROOT / "README.md").read_text()
@@ -124,9 +124,11 @@ async def test_every_cli_example_in_the_readme_prints_what_it_shows(tmp_path: Pa
         "eventstore parked",
         "projections rebuild",
         "eventstore serve",
+        "dev --engines",
     ]
-    serve, register, *reads, rebuild, serve_store = cases
+    serve, register, *reads, rebuild, serve_store, dev = cases
     await _check_eventstore_serve(serve_store, tmp_path)
+    await _check_dev(dev, tmp_path / "dev")
     async with running_service(tmp_path, SAGA_CONFIG=str(config)) as service:
         # serve: the harness runs `python -m orchestrator serve` with SAGA_LOG_FORMAT=json, as shown.
         assert serve.argv == ["serve"]
@@ -188,3 +190,53 @@ async def _check_eventstore_serve(example: Example, tmp_path: Path) -> None:
         process.terminate()
         code = await asyncio.wait_for(process.wait(), 30)
     assert code == 0
+
+
+async def _check_dev(example: Example, tmp_path: Path) -> None:
+    """The example as written (on a free port): once it says it is ready, the README's definition is
+    registered and the seed's saga runs to completion through the API process, calling the demo
+    participants from an engine process; then SIGTERM stops everything cleanly, with the output shown."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        *example.argv,
+        cwd=tmp_path.parent,
+        env={
+            **outside_settings(),
+            "SAGA_EVENT_STORE__DATA_DIR": str(tmp_path),
+            "SAGA_SERVER__PORT": str(port),
+            **example.env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    lines: list[str] = []
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert process.stdout is not None
+        while not any(line.startswith("dev ") and "| ready:" in line for line in lines):
+            line = await asyncio.wait_for(process.stdout.readline(), 90)
+            assert line, "dev exited before it was ready:\n" + "".join(lines[-30:])
+            lines.append(line.decode())
+        definition = re.search(r"```json\n(.*?)```", README, re.S)
+        assert definition is not None
+        registered = await curl(
+            f"curl -X POST {url}/api/v1/sagas/definitions -H 'Content-Type: application/json' "
+            f"-d '{definition.group(1)}'"
+        )
+        assert registered.status in (200, 201), registered.text
+        started = await curl(
+            f"curl -X POST {url}/api/v1/sagas/instances -H 'Content-Type: application/json' "
+            f"-d '{SEED_START}'"
+        )
+        assert started.status == 201, started.text
+        await _until_status(url, started.body["saga_id"], {"completed"})
+    finally:
+        process.terminate()
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    lines.append(rest.decode())
+    assert process.returncode == 0, "".join(lines[-40:])
+    expected = [line.replace("http://127.0.0.1:8080", url) for line in example.expected]
+    assert pattern(expected).fullmatch("".join(lines)), (expected, "".join(lines)[-3000:])

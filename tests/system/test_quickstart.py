@@ -23,11 +23,15 @@ def _local(command: str, service: Service, saga_id: str | None) -> str:
     return command
 
 
-async def _until_status(service: Service, saga_id: str, statuses: set[str], within: float = 30.0) -> Answer:
+async def _until_status(
+    service: Service | str, saga_id: str, statuses: set[str], within: float = 30.0
+) -> Answer:
+    """Poll the saga through the API (a running service, or an API's base URL) until it has a status."""
+    url = service if isinstance(service, str) else service.url
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
-        answer = await curl(f"curl {service.url}/api/v1/sagas/instances/{saga_id}")
+        answer = await curl(f"curl {url}/api/v1/sagas/instances/{saga_id}")
         if answer.status == 200 and answer.body["status"] in statuses:
             return answer
         assert loop.time() < deadline, (saga_id, answer.status, answer.body)
