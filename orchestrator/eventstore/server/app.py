@@ -1,52 +1,31 @@
 """The server: a grpc.aio server over one embedded store, one servicer class per service (Streams,
-PersistentSubscriptions, Gossip), and a last
-handler that answers (and counts) every method no servicer implements."""
+PersistentSubscriptions, Gossip), and a last handler that answers (and counts) every method no servicer
+implements. Insecure, or TLS with a certificate it is given."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import grpc
-from kurrentdbclient.protos.v1 import (
-    gossip_pb2,
-    gossip_pb2_grpc,
-    persistent_pb2_grpc,
-    shared_pb2,
-    streams_pb2_grpc,
-)
+import structlog
+from kurrentdbclient.protos.v1 import gossip_pb2_grpc, persistent_pb2_grpc, streams_pb2_grpc
 
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.server.accounting import Accounting, UnimplementedHandler
+from orchestrator.eventstore.server.gossip import GossipServicer
+from orchestrator.eventstore.server.network import bind_address, is_loopback
 from orchestrator.eventstore.server.persistent import PersistentSubscriptionsServicer
 from orchestrator.eventstore.server.psgroups import Groups
 from orchestrator.eventstore.server.storage import ServerStore
 from orchestrator.eventstore.server.streams import StreamsServicer
+from orchestrator.eventstore.server.tls import ServerCertificate
+
+log = structlog.get_logger("orchestrator.eventstore.server")
 
 #: what the server prints once it listens; tests wait for this line
 LISTENING = "eventstore server listening on"
-
-
-class GossipServicer:
-    """Gossip.Read, which the client calls to discover the cluster (``+discover`` URIs, several hosts):
-    one node, always the leader."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._member = gossip_pb2.MemberInfo(
-            instance_id=shared_pb2.UUID(string=str(uuid.uuid4())),
-            state=gossip_pb2.MemberInfo.VNodeState.Leader,
-            is_alive=True,
-            http_end_point=gossip_pb2.EndPoint(address=host, port=port),
-        )
-
-    async def Read(self, request: shared_pb2.Empty, context: Any) -> gossip_pb2.ClusterInfo:
-        member = gossip_pb2.MemberInfo()
-        member.CopyFrom(self._member)
-        member.time_stamp = time.time_ns() // 100  # .NET ticks, as the server sends them
-        return gossip_pb2.ClusterInfo(members=[member])
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +36,26 @@ class ServerOptions:
     port: int = 2113
     #: where refused requests are reported, one JSON line each (see accounting)
     report: Path | None = None
+    #: serve TLS with this certificate (see tls.certificate_option); insecure when None
+    certificate: ServerCertificate | None = None
 
 
 class EventStoreServer:
     def __init__(
-        self, server: Any, store: EmbeddedEventStore, accounting: Accounting, host: str, port: int
+        self,
+        server: Any,
+        store: EmbeddedEventStore,
+        accounting: Accounting,
+        host: str,
+        port: int,
+        tls: bool = False,
     ) -> None:
         self._server = server
         self.store = store
         self.accounting = accounting
         self.host = host
         self.port = port
+        self.tls = tls
 
     @classmethod
     async def start(cls, options: ServerOptions) -> Self:
@@ -76,9 +64,13 @@ class EventStoreServer:
         try:
             accounting = Accounting(options.report)
             server = grpc.aio.server()
-            port = server.add_insecure_port(f"{options.host}:{options.port}")
+            where = bind_address(options.host, options.port)
+            if options.certificate is not None:
+                port = server.add_secure_port(where, options.certificate.credentials())
+            else:
+                port = server.add_insecure_port(where)
             if port == 0:
-                raise OSError(f"cannot listen on {options.host}:{options.port}")
+                raise OSError(f"cannot listen on {where}")
             # Generated, unannotated registration functions: the one untyped edge.
             add_streams: Any = streams_pb2_grpc.add_StreamsServicer_to_server
             add_persistent: Any = persistent_pb2_grpc.add_PersistentSubscriptionsServicer_to_server
@@ -95,11 +87,22 @@ class EventStoreServer:
         except BaseException:
             await store.close()
             raise
-        return cls(server, store, accounting, options.host, port)
+        tls = options.certificate is not None
+        if not tls and not is_loopback(options.host):
+            # As the README promises, insecure is for loopback; the real server refuses this unless told
+            # --insecure. Here it is allowed (a trusted network, a container), but never silently.
+            log.warning(
+                "eventstore_server_insecure_on_network",
+                host=options.host,
+                port=port,
+                detail="serving without TLS on a non-loopback address: anyone who can reach it can read "
+                "and write every stream; give --tls-cert and --tls-key",
+            )
+        return cls(server, store, accounting, options.host, port, tls)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return bind_address(self.host, self.port)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
