@@ -4,6 +4,8 @@ saga-orchestrator serve [--role all|api|engine|projector]
 saga-orchestrator replay SAGA_ID [--at REVISION] [--verify]
 saga-orchestrator definitions register FILE
 saga-orchestrator projections rebuild
+saga-orchestrator api-keys create|list|rotate|revoke …
+saga-orchestrator audit export [--since TIME] [--until TIME]
 saga-orchestrator eventstore streams|stream|subscriptions|parked …
 saga-orchestrator eventstore serve [--data-dir DIR] [--host HOST] [--port PORT]
 saga-orchestrator dev [--engines N] [--apis N] [--data-dir DIR]
@@ -71,6 +73,35 @@ def parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("--url", help="the service's base URL (default: from the settings)")
 
+    keys = sub.add_parser("api-keys", help="a tenant's API keys (through the running service)")
+    ksub = keys.add_subparsers(dest="action", required=True)
+    create = ksub.add_parser(
+        "create", help="create a key; its secret is printed this once", description=SERVICE
+    )
+    create.add_argument("--name", required=True, help="what the key is for")
+    create.add_argument("--roles", required=True, metavar="ROLE[,ROLE]", help="its scopes, e.g. operator")
+    create.add_argument("--expires-in-days", type=float, metavar="DAYS", help="default: never")
+    ksub.add_parser("list", help="the tenant's keys (never their secrets)", description=SERVICE)
+    rotate = ksub.add_parser("rotate", help="a new secret for a key", description=SERVICE)
+    rotate.add_argument("key_id", metavar="KEY_ID")
+    rotate.add_argument("--grace-s", type=int, default=0, metavar="S", help="the old secret's grace")
+    revoke = ksub.add_parser("revoke", help="revoke a key on every node", description=SERVICE)
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.add_argument("--reason", default="", help="recorded with the revocation")
+    for command in (create, ksub.choices["list"], rotate, revoke):
+        command.add_argument("--url", help="the service's base URL (default: from the settings)")
+        command.add_argument("--tenant", help="X-Tenant-Id to send (auth mode trusted-header)")
+
+    audit = sub.add_parser("audit", help="the audit log (through the running service)")
+    asub = audit.add_subparsers(dest="action", required=True)
+    export = asub.add_parser(
+        "export", help="the tenant's audit records as JSON lines, oldest first", description=SERVICE
+    )
+    export.add_argument("--since", metavar="TIME", help="ISO 8601 with a zone, e.g. 2026-01-01T00:00:00Z")
+    export.add_argument("--until", metavar="TIME", help="records before this time")
+    export.add_argument("--url", help="the service's base URL (default: from the settings)")
+    export.add_argument("--tenant", help="X-Tenant-Id to send (auth mode trusted-header)")
+
     store = sub.add_parser("eventstore", help="the event store: read-only views, and serving it over gRPC")
     ssub = store.add_subparsers(dest="action", required=True)
     streams = ssub.add_parser("streams", help="streams of a category", description=STORE)
@@ -91,8 +122,10 @@ def parser() -> argparse.ArgumentParser:
     serve_store.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="the store's directory (default: from the settings)"
     )
-    serve_store.add_argument("--host", default="127.0.0.1", help="insecure: loopback by default")
+    serve_store.add_argument("--host", default="127.0.0.1", help="loopback by default (insecure unless TLS)")
     serve_store.add_argument("--port", type=int, default=2113, help="0 picks a free port (default: 2113)")
+    serve_store.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate")
+    serve_store.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's PEM private key")
     dev = sub.add_parser(
         "dev",
         help="the production shape on this machine: each role its own process, one log stream",
@@ -153,10 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # here so that no other command loads gRPC.
         from orchestrator.eventstore.server.__main__ import serve as serve_store
         from orchestrator.eventstore.server.app import ServerOptions
+        from orchestrator.eventstore.server.tls import TlsError, certificate_option
 
         data_dir = args.data_dir or settings.event_store.data_dir
+        try:
+            certificate = certificate_option(args.tls_cert, args.tls_key)
+        except TlsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        options = ServerOptions(data_dir=data_dir, host=args.host, port=args.port, certificate=certificate)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_store(ServerOptions(data_dir=data_dir, host=args.host, port=args.port)))
+            asyncio.run(serve_store(options))
         return 0
     if args.command == "dev":
         return _dev(args, settings)

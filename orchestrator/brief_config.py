@@ -48,21 +48,6 @@ POSTGRES = Feature(
     "it comes with a PostgreSQL adapter of the event store port",
     "use 'embedded' or a KurrentDB / EventStoreDB URL (esdb://, kurrentdb://)",
 )
-TRACING = Feature(
-    "OpenTelemetry tracing",
-    "it comes with OpenTelemetry instrumentation exported over OTLP",
-    "set it to false or leave it out",
-)
-JWT = Feature(
-    "JWT authentication",
-    "it comes with the jwt auth mode: PyJWT, explicit algorithms, JWKS or static keys",
-    "leave it out or empty; meanwhile auth.mode trusted-header trusts a gateway that checks the tokens",
-)
-RBAC = Feature(
-    "role-based access control",
-    "it comes with roles per tenant and one permission table",
-    "set it to false or leave it out",
-)
 
 
 def _text(value: Any) -> str:
@@ -119,10 +104,38 @@ def _http_url(value: Any) -> str:
     return url
 
 
-def _secret(value: Any) -> str:
+#: Jaeger's collector port for Thrift over HTTP, which no maintained Python exporter speaks
+JAEGER_THRIFT_PORT = 14268
+#: the OTLP/HTTP port of the same collector (Jaeger receives OTLP since 1.35)
+OTLP_HTTP_PORT = 4318
+
+
+def _jaeger_endpoint(value: Any) -> str:
+    """An OTLP base URL: a Thrift collector URL (port 14268, any path) becomes the same host's OTLP/HTTP
+    port; anything else is taken as the OTLP endpoint it names."""
+    url = _http_url(value).rstrip("/")
+    scheme, _, rest = url.partition("://")
+    authority = rest.partition("/")[0]
+    host, _, port = authority.rpartition(":")
+    if host and port == str(JAEGER_THRIFT_PORT):
+        return f"{scheme}://{host}:{OTLP_HTTP_PORT}"
+    return url
+
+
+def _jaeger_note(value: Any) -> str | None:
+    if isinstance(value, str) and _jaeger_endpoint(value) != _http_url(value).rstrip("/"):
+        return (
+            f"Jaeger's {JAEGER_THRIFT_PORT} endpoint takes Thrift, which no maintained Python exporter "
+            f"speaks: spans go over OTLP/HTTP to port {OTLP_HTTP_PORT} of the same host instead"
+        )
+    return None
+
+
+def _secret(value: Any) -> str | None:
+    """A secret, or None when it is empty (``${JWT_SECRET}`` with the variable unset)."""
     if value is None:
-        return ""
-    return _text(value)
+        return None
+    return _text(value) or None
 
 
 def _anything(value: Any) -> Any:
@@ -157,6 +170,8 @@ class Alias:
     switch: str | None = None
     #: accepted and logged at start-up (the key means something this design does differently)
     note: str | None = None
+    #: mapped, with a start-up note when the value is taken differently than written (given the raw value)
+    explain: Callable[[Any], str | None] | None = None
 
     @property
     def status(self) -> str:
@@ -204,14 +219,16 @@ ALIASES: tuple[Alias, ...] = (
                _ON.format("cluster mode"), _count, CLUSTER, switch="cluster.enabled"),
     Alias("orchestrator.monitoring.metrics_enabled", "observability.metrics_enabled",
           "`false`: `/metrics` answers 404 (the metrics are still kept)", _flag),
-    _not_built("orchestrator.monitoring.tracing_enabled", "observability.tracing_enabled",
-               "tracing: `true` refused (not built)", _flag, TRACING),
-    _not_built("orchestrator.monitoring.jaeger_endpoint", "observability.jaeger_endpoint",
-               _ON.format("tracing"), _http_url, TRACING, switch="observability.tracing_enabled"),
-    _not_built("orchestrator.security.jwt_secret", "auth.jwt_secret",
-               "JWT: a non-empty secret refused (not built)", _secret, JWT, asks=_is_set),
-    _not_built("orchestrator.security.rbac_enabled", "auth.rbac_enabled", "RBAC: `true` refused (not built)",
-               _flag, RBAC),
+    Alias("orchestrator.monitoring.tracing_enabled", "observability.tracing.enabled",
+          "`true`: OpenTelemetry tracing, exported over OTLP (`OTEL_*` variables win)", _flag),
+    Alias("orchestrator.monitoring.jaeger_endpoint", "observability.tracing.endpoint",
+          "the OTLP endpoint; Jaeger's Thrift port 14268 becomes OTLP/HTTP port 4318 of the same host "
+          "(a start-up note says so)", _jaeger_endpoint, explain=_jaeger_note),
+    Alias("orchestrator.security.jwt_secret", "auth.jwt.secret",
+          "the HMAC secret (HS256) of the `jwt` auth mode; empty: none (the mode, issuer and audience are "
+          "native settings)", _secret),
+    Alias("orchestrator.security.rbac_enabled", "auth.rbac_enabled",
+          "`false`: every authenticated caller has every role within its own tenant", _flag),
 )
 # fmt: on
 BY_KEY = {a.key: a for a in ALIASES}
@@ -233,6 +250,8 @@ class Claim:
 
     alias: Alias
     value: Any
+    #: as written (for a start-up note about how it was taken)
+    raw: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +288,7 @@ def claims(section: Any, environ: Mapping[str, str]) -> tuple[list[Claim], list[
 
     def take(alias: Alias, raw: Any) -> None:
         try:
-            found.append(Claim(alias, alias.convert(raw)))
+            found.append(Claim(alias, alias.convert(raw), raw))
         except Invalid as e:
             problems.append(f"{alias.key}: {e}")
 
@@ -334,6 +353,12 @@ def resolve(found: Iterable[Claim], native: Mapping[str, str]) -> Resolved:
         elif alias.note is not None:
             notes.append(Note("warning", "config_alias_not_used", f"{alias.key}: {alias.note}"))
         elif alias.wired:
-            head, _, leaf = alias.setting.partition(".")
-            values.setdefault(head, {})[leaf] = claim.value
+            *sections, leaf = alias.setting.split(".")
+            target = values
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[leaf] = claim.value
+            said = alias.explain(claim.raw) if alias.explain is not None else None
+            if said is not None:
+                notes.append(Note("info", "config_alias_rewritten", f"{alias.key}: {said}"))
     return Resolved(values, tuple(notes), tuple(refusals))

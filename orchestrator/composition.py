@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -17,10 +18,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 import structlog
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from orchestrator.api.app import create_app
 from orchestrator.api.deps import ApiDeps, NodeInfo
+from orchestrator.app.audit import AuditTrail
 from orchestrator.app.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
@@ -28,7 +31,10 @@ from orchestrator.engine.router import ExecutorRouter
 from orchestrator.engine.timers import TimerIndex
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.port import EventStore
+from orchestrator.observability import tracing_setup
+from orchestrator.observability.instrumentation import instrument_redis
 from orchestrator.observability.metrics import EmbeddedStoreCollector, EngineMetrics
+from orchestrator.observability.tracing import SagaTracer
 from orchestrator.settings import ServiceConfig, Settings
 
 log = structlog.get_logger("orchestrator")
@@ -60,6 +66,51 @@ async def open_store(settings: Settings, *, read_only: bool = False) -> AsyncIte
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def open_tracing(settings: Settings) -> AsyncIterator[TracerProvider | None]:
+    """The process's tracer provider (None: tracing off); shut down (flushed) when the process stops."""
+    if not tracing_setup.enabled(settings.observability.tracing):
+        yield None
+        return
+    chosen = tracing_setup.plan(settings.observability.tracing)
+    for what in chosen.ignored:
+        log.warning("tracing_setting_ignored", detail=what)
+    provider = tracing_setup.build_provider(chosen)
+    log.info("tracing", **chosen.describe())
+    try:
+        yield provider
+    finally:
+        # Flushing may wait for the exporter (bounded by its timeout): not on the event loop.
+        await asyncio.to_thread(provider.shutdown)
+
+
+def warn_about_auth(settings: Settings, roles: tuple[str, ...]) -> None:
+    """Say it loudly when the API is open to everyone beyond this machine, or a secret goes unused."""
+    auth = settings.auth
+    if "api" in roles and auth.mode == "none" and not is_loopback(settings.server.host):
+        log.warning(
+            "auth_none_on_a_network_address",
+            host=settings.server.host,
+            detail="auth.mode is none: anyone who reaches this port is every tenant's admin; use jwt, or "
+            "trusted-header behind a gateway, or listen on 127.0.0.1",
+        )
+    if auth.mode != "jwt" and auth.jwt.secret is not None:
+        log.info("auth_jwt_secret_not_used", detail=f"auth.jwt.secret is set but auth.mode is {auth.mode}")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def roles_of(role: str) -> tuple[str, ...]:
     return ("api", "engine", "projector") if role == "all" else (role,)
 
@@ -72,8 +123,12 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     embedded = settings.event_store.url == "embedded"
+    warn_about_auth(settings, roles)
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
+        # Entered first, left last: spans of the shutdown still reach the exporter.
+        provider = await stack.enter_async_context(open_tracing(settings))
+        tracer = SagaTracer(provider)
         store = await stack.enter_async_context(open_store(settings))
         if isinstance(store, EmbeddedEventStore):
             registry.register(EmbeddedStoreCollector(store))
@@ -81,7 +136,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
         if settings.demo.enabled == "on" or (settings.demo.enabled == "auto" and embedded):
             from orchestrator.demo import start_demo_services
 
-            demo = await start_demo_services(settings.demo.host, settings.demo.port)
+            demo = await start_demo_services(settings.demo.host, settings.demo.port, tracer_provider=provider)
             stack.push_async_callback(demo.stop)
             for name, url in demo.base_urls.items():
                 services.setdefault(name, ServiceConfig(base_url=url))
@@ -93,7 +148,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
             redis = EmbeddedRedis(settings.event_store.data_dir / "redis")
             redis_url = await asyncio.to_thread(redis.start)
             stack.callback(redis.stop)
-        executor = ExecutorRouter(http=HttpExecutor(services))
+        executor = ExecutorRouter(http=HttpExecutor(services, tracer_provider=provider))
         stack.push_async_callback(executor.close)
         node = NodeInfo(node_id=uuid.uuid4().hex[:12], version=_version(), roles=roles)
         engine: Engine | None = None
@@ -106,6 +161,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
                 acquire_caps_ms={n: s.pool_acquire_timeout_ms for n, s in services.items()},
                 node_id=node.node_id,
                 metrics=EngineMetrics(registry),
+                tracer=tracer,
             )
         read_models = None
         projector = None
@@ -121,12 +177,21 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
             )
             stack.push_async_callback(projector.stop)
             read_models = projector.read_models
+            # The projector's role also derives the audit log from the streams (one role owns it).
+            deriver = asyncio.create_task(
+                AuditTrail(store, operations_tenant=settings.auth.operations).derive_forever(),
+                name="audit-deriver",
+            )
+            stack.push_async_callback(_cancel, deriver)
+            # Its queries' commands, below the request that asks (its own batches start no trace).
+            instrument_redis(projector.views.client, provider)
         elif "api" in roles:
             from projections.queries import ReadModels
             from projections.redis_store import RedisViewStore
 
             views = RedisViewStore.connect(redis_url, settings.redis.prefix)
             stack.push_async_callback(views.close)
+            instrument_redis(views.client, provider)
             read_models = ReadModels(views)
         if engine is not None:
             await engine.start()
@@ -141,6 +206,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
                 settings.engine, {n: s.pool_acquire_timeout_ms for n, s in services.items()}
             ),
             service_known=executor.knows,
+            tracer=tracer,
         )
         app = create_app(
             ApiDeps(
@@ -152,6 +218,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
                 read_models=read_models if "api" in roles else None,
                 engine=engine,
                 projector=projector,
+                tracer_provider=provider,
             )
         )
         runner = web.AppRunner(app, access_log=None)

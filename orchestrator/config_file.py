@@ -65,13 +65,28 @@ def _read_file(path: str) -> dict[str, Any]:
     return data
 
 
-def _sets(data: Mapping[str, Any], setting: str) -> bool:
-    """Whether a source's data sets ``setting`` (a section given as a model sets what it was given)."""
-    head, _, leaf = setting.partition(".")
-    section = data.get(head)
-    if isinstance(section, BaseModel):
-        return leaf in section.model_fields_set
-    return isinstance(section, Mapping) and section.get(leaf) is not None
+def _sets(data: Mapping[str, Any] | BaseModel, setting: str) -> bool:
+    """Whether a source's data sets ``setting``, a dotted path (a section given as a model sets what it
+    was given)."""
+    head, _, rest = setting.partition(".")
+    if isinstance(data, BaseModel):
+        if head not in data.model_fields_set:
+            return False
+        found = getattr(data, head)
+    else:
+        found = data.get(head)
+    if not rest:
+        return found is not None
+    return isinstance(found, Mapping | BaseModel) and _sets(found, rest)
+
+
+def _merge(alias: dict[str, Any], native: dict[str, Any]) -> dict[str, Any]:
+    """``native`` laid over ``alias``, section by section (a nested section is merged, not replaced)."""
+    merged = dict(alias)
+    for key, value in native.items():
+        below = merged.get(key)
+        merged[key] = _merge(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
 
 
 def _env_name(setting: str) -> str:
@@ -124,7 +139,7 @@ class FileSource(PydanticBaseSettingsSource):
             if native_section is None:
                 data[section] = values
             elif isinstance(native_section, dict):  # anything else is the model's to refuse
-                data[section] = {**values, **native_section}
+                data[section] = _merge(values, native_section)
         return data
 
 

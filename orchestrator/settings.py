@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -84,9 +92,114 @@ class RedisSettings(_Strict):
     prefix: str = "saga"
 
 
+#: JWS algorithms the jwt mode can be told to accept (``none`` is not one of them, ever)
+JWT_ALGORITHMS = (
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+#: the shortest HMAC secret accepted (RFC 7518 §3.2: a key at least as long as the hash output)
+MIN_HMAC_SECRET_BYTES = 32
+
+
+class JwtSettings(_Strict):
+    """Bearer tokens (``Authorization: Bearer …``) verified with PyJWT. Keys: a JWKS URL (cached,
+    refreshed on an unknown ``kid``), PEM public keys, and/or an HMAC secret for the HS algorithms."""
+
+    #: the accepted algorithms (an explicit allow-list; the token's header cannot widen it)
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    #: required ``iss`` and ``aud``
+    issuer: str = ""
+    audience: str = ""
+    #: HMAC secret for HS256/384/512 (the brief's ``security.jwt_secret``, e.g. ``${JWT_SECRET}``)
+    secret: SecretStr | None = None
+    #: PEM public keys, given inline or as files
+    public_keys: list[SecretStr] = Field(default_factory=list)
+    public_key_files: list[Path] = Field(default_factory=list)
+    jwks_url: str = ""
+    #: how long fetched keys are used before they are fetched again
+    jwks_cache_s: float = Field(default=300.0, gt=0)
+    #: an unknown ``kid`` fetches the set again at most this often (a flood of made-up kids costs nothing)
+    jwks_min_refresh_s: float = Field(default=30.0, ge=0)
+    jwks_timeout_s: float = Field(default=5.0, gt=0)
+    #: clock skew allowed on ``exp`` and ``nbf``
+    leeway_s: float = Field(default=30.0, ge=0, le=300)
+    #: where the claims are (a dotted path reaches into objects, e.g. ``realm_access.roles``)
+    tenant_claim: str = "tenant"
+    actor_claim: str = "sub"
+    roles_claim: str = "roles"
+    #: longer tokens are refused before any parsing (the HTTP server's own limit on a header line is
+    #: 8190 bytes, so a longer one never arrives)
+    max_token_bytes: int = Field(default=8000, ge=512, le=8000)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [a for a in v if a not in JWT_ALGORITHMS]
+        if unknown:
+            # Names only from the fixed list: an unknown entry is not echoed.
+            raise ValueError(f"{len(unknown)} unknown algorithm(s); allowed: {', '.join(JWT_ALGORITHMS)}")
+        return v
+
+
+class ApiKeySettings(_Strict):
+    """API keys (``X-API-Key: sk_…`` or ``Authorization: ApiKey sk_…``), in the trusted-header and jwt
+    modes; managed per tenant through ``/api/v1/api-keys`` and ``saga-orchestrator api-keys``."""
+
+    enabled: bool = True
+    #: a key's last use is recorded at most this often per node
+    use_interval_s: float = Field(default=300.0, ge=1)
+
+
+class TenantLimitSettings(_Strict):
+    """Fairness between tenants (429 with Retry-After when a start is over a cap; 0: no cap)."""
+
+    #: running and compensating sagas per tenant, counted by the read models (holds across nodes)
+    max_in_flight: int = Field(default=0, ge=0)
+    #: starts per second per tenant, per API node (N nodes admit N times this)
+    start_rate_per_s: float = Field(default=0.0, ge=0)
+    start_burst: int = Field(default=50, ge=1)
+
+
 class AuthSettings(_Strict):
-    mode: Literal["none", "trusted-header"] = "none"
+    #: none: everyone is the default tenant with every role (loopback development only);
+    #: trusted-header: a gateway in front sets X-Tenant-Id / X-Actor / X-Roles; jwt: bearer tokens
+    mode: Literal["none", "trusted-header", "jwt"] = "none"
     default_tenant: str = "default"
+    #: the tenant whose admins run the deployment's own operations (subscriptions, parked, rebuilds);
+    #: empty: the default tenant
+    operations_tenant: str = ""
+    #: false: every authenticated principal has every role within its own tenant (the brief's
+    #: ``security.rbac_enabled``); tenants stay apart either way
+    rbac_enabled: bool = True
+    jwt: JwtSettings = JwtSettings()
+    api_keys: ApiKeySettings = ApiKeySettings()
+    tenant_limits: TenantLimitSettings = TenantLimitSettings()
+
+    @property
+    def operations(self) -> str:
+        return self.operations_tenant or self.default_tenant
+
+    @model_validator(mode="after")
+    def _jwt_keys(self) -> Self:
+        if self.mode != "jwt":
+            return self
+        j = self.jwt
+        problems = []
+        if not j.issuer or not j.audience:
+            problems.append("auth.jwt.issuer and auth.jwt.audience are required in jwt mode")
+        hmac = [a for a in j.algorithms if a.startswith("HS")]
+        if hmac and j.secret is None:
+            problems.append(f"auth.jwt.secret is required for {', '.join(hmac)}")
+        if j.secret is not None and len(j.secret.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            problems.append(f"auth.jwt.secret must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        asymmetric = [a for a in j.algorithms if not a.startswith("HS")]
+        if asymmetric and not (j.jwks_url or j.public_keys or j.public_key_files):
+            problems.append(
+                f"{', '.join(asymmetric)} need auth.jwt.jwks_url, public_keys or public_key_files"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class EngineSettings(_Strict):
@@ -122,9 +235,32 @@ class ProjectionSettings(_Strict):
     retention_days: float = Field(default=30.0, gt=0)
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry tracing, exported over OTLP. The standard ``OTEL_*`` variables win over these
+    (``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` / ``_PROTOCOL`` / ``_HEADERS``, ``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER[_ARG]``, ``OTEL_TRACES_EXPORTER``,
+    ``OTEL_SDK_DISABLED``); off, no SDK is installed and every span is the API's no-op."""
+
+    enabled: bool = False
+    #: the OTLP receiver's base URL (``…/v1/traces`` is added for HTTP); empty: the exporter's default
+    endpoint: str = ""
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    #: the share of new traces recorded; a trace continued from a caller follows the caller's decision
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    service_name: str = "saga-orchestrator"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("endpoint must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
 class ObservabilitySettings(_Strict):
     #: off: ``/metrics`` answers 404 (the process still keeps its metrics)
     metrics_enabled: bool = True
+    tracing: TracingSettings = TracingSettings()
 
 
 class ServerSettings(_Strict):

@@ -8,20 +8,20 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from orchestrator.api.common import deps, json_response, operations, principal, require_admin, store_guard
+from orchestrator.api.common import json_response, operations, principal, store_guard
 from orchestrator.api.deps import REBUILD, RebuildState
 from orchestrator.api.health import subscription_model
 from orchestrator.api.models import Accepted, RebuildStatus, SubscriptionList
 from orchestrator.api.problems import Problem
 from orchestrator.api.routes import Param, Reply, Route
-from orchestrator.app.ports import Projector, RebuildProgress
+from orchestrator.app.ports import RebuildProgress
 from orchestrator.eventstore.types import Position
 
 log = structlog.get_logger("orchestrator.api")
@@ -56,12 +56,14 @@ def _status(state: RebuildState, progress: RebuildProgress | None) -> RebuildSta
     )
 
 
-async def _run_rebuild(state: RebuildState, projector: Projector) -> None:
+async def _run_rebuild(
+    state: RebuildState, rebuild: Callable[[Callable[[RebuildProgress], None]], Awaitable[RebuildProgress]]
+) -> None:
     def on_progress(progress: RebuildProgress) -> None:
         state.last_progress = progress
 
     try:
-        await projector.rebuild(on_progress)
+        await rebuild(on_progress)
     except asyncio.CancelledError:
         raise
     except Exception as e:
@@ -70,25 +72,24 @@ async def _run_rebuild(state: RebuildState, projector: Projector) -> None:
 
 
 async def start_rebuild(request: web.Request) -> web.Response:
-    require_admin(request)
-    projector = deps(request).projector
-    if projector is None:
-        raise Problem(503, "projector-unavailable", "this node runs no projector")
+    use, who = operations(request), principal(request)
+    use.rebuild_progress(who)  # the permission, and a projector on this node, before anything starts
     state = request.app[REBUILD]
     if state.task is not None and not state.task.done():
         raise Problem(409, "rebuild-running", "a rebuild is already running; follow its progress")
     state.error = None
     state.last_progress = None
-    state.task = asyncio.create_task(_run_rebuild(state, projector), name="projection-rebuild")
+
+    def rebuild(on_progress: Callable[[RebuildProgress], None]) -> Awaitable[RebuildProgress]:
+        return use.rebuild(who, on_progress)
+
+    state.task = asyncio.create_task(_run_rebuild(state, rebuild), name="projection-rebuild")
     return json_response(_status(state, None), 202, {"Location": f"{BASE}/projections/rebuild"})
 
 
 async def rebuild_progress(request: web.Request) -> web.Response:
-    require_admin(request)
-    projector = deps(request).projector
-    if projector is None:
-        raise Problem(503, "projector-unavailable", "this node runs no projector")
-    return json_response(_status(request.app[REBUILD], projector.progress))
+    progress = operations(request).rebuild_progress(principal(request))
+    return json_response(_status(request.app[REBUILD], progress))
 
 
 async def subscriptions(request: web.Request) -> web.Response:

@@ -11,9 +11,12 @@ import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
+from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from orchestrator.api.principal import Principal
+from orchestrator.api.principal import Authenticator, Principal
+from orchestrator.app.api_keys import ApiKeys
+from orchestrator.app.audit import AuditTrail
 from orchestrator.app.commands import SagaCommands
 from orchestrator.app.operations import Operations
 from orchestrator.app.ports import EngineStatus, Projector, ReadModels, RebuildProgress
@@ -42,6 +45,8 @@ class ApiDeps:
     engine: EngineStatus | None = None
     #: None: no projector in this process (admin rebuild answers 503)
     projector: Projector | None = None
+    #: None: tracing off (no server spans)
+    tracer_provider: TracerProvider | None = None
     sse_keepalive_s: float = 15.0
     #: events buffered per SSE client; a client that falls further behind is disconnected and resumes
     sse_queue_size: int = 256
@@ -64,3 +69,6 @@ SAGAS = web.AppKey("sagas", Sagas)
 OPERATIONS = web.AppKey("operations", Operations)
 REBUILD = web.AppKey("rebuild", RebuildState)
 PRINCIPAL = web.RequestKey("principal", Principal)
+AUTH = web.AppKey("auth", Authenticator)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
+AUDIT = web.AppKey("audit", AuditTrail)

@@ -10,11 +10,14 @@ import uuid
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Histogram
 
-from orchestrator.api.common import principal
+from orchestrator.api.common import authenticate
+from orchestrator.api.deps import AUDIT, AUTH
 from orchestrator.api.problems import Problem, from_app_error, from_http_exception
-from orchestrator.app.errors import AppError
+from orchestrator.app.errors import AppError, Forbidden, TooManyRequests
+from orchestrator.app.principal import Principal
 
 log = structlog.get_logger("orchestrator.api")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -24,7 +27,11 @@ UNMATCHED = "unmatched"
 
 
 def trace_id(request: web.Request) -> str:
-    """From a W3C ``traceparent`` when the caller sent a valid one, else a fresh id for this request."""
+    """The trace of the request's server span (tracing on); else from a W3C ``traceparent`` when the
+    caller sent a valid one, else a fresh id for this request."""
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid:
+        return format(current.trace_id, "032x")
     m = _TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
     if m and m.group(1) != "0" * 32:
         return m.group(1)
@@ -54,17 +61,29 @@ def observe(histogram: Histogram) -> Middleware:
         route = route_template(request)
         saga_id = request.match_info.get("id")
         tenant: str | None = None
+        who: Principal | None = None
         with structlog.contextvars.bound_contextvars(trace_id=trace, saga_id=saga_id):
             try:
-                try:
-                    tenant = principal(request).tenant
-                except Problem:
-                    tenant = None  # the handler reports it, if the route needs a tenant at all
+                # Before the handler: a request that is not authenticated runs nothing.
+                who = await authenticate(request)
+                tenant = who.tenant if who is not None else None
                 with structlog.contextvars.bound_contextvars(tenant=tenant):
                     response = await handler(request)
             except Problem as e:
                 response = e.response(request.path)
             except AppError as e:
+                if isinstance(e, Forbidden):
+                    request.app[AUTH].forbidden()
+                    if who is not None:
+                        await request.app[AUDIT].denied(
+                            who,
+                            f"{request.method} {route}",
+                            e.message,
+                            request_id=request.headers.get("X-Request-Id"),
+                            trace_id=trace,
+                        )
+                elif isinstance(e, TooManyRequests):
+                    request.app[AUTH].throttled.labels(tenant or "", e.code).inc()
                 response = from_app_error(e).response(request.path)
             except web.HTTPException as e:
                 response = from_http_exception(e).response(request.path)

@@ -198,3 +198,69 @@ class RebuildStatus(_Response):
 class Accepted(_Response):
     status: Literal["accepted"]
     detail: str
+
+
+# --- API keys --------------------------------------------------------------------------------------------
+
+
+class CreateApiKeyRequest(_Request):
+    name: str = Field(min_length=1, max_length=100, description="what the key is for (shown in lists)")
+    roles: list[str] = Field(min_length=1, max_length=4, description="its scopes: roles within the tenant")
+    expires_in_s: int | None = Field(
+        None, ge=60, le=5 * 365 * 24 * 3600, description="seconds until it expires; none: never"
+    )
+
+
+class RotateApiKeyRequest(_Request):
+    grace_s: int = Field(0, ge=0, le=7 * 24 * 3600, description="how long the previous secret still works")
+
+
+class RevokeApiKeyRequest(_Request):
+    reason: str = Field("", max_length=500, description="why; recorded")
+
+
+class ApiKeyModel(_Response):
+    key_id: str
+    name: str
+    roles: list[str]
+    status: Literal["active", "expired", "revoked"]
+    created_at: str
+    created_by: str
+    expires_at: str | None
+    rotated_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+
+
+class IssuedApiKey(_Response):
+    key: ApiKeyModel
+    #: the secret, shown this once: only its hash is kept
+    secret: str
+
+
+class ApiKeyList(_Response):
+    items: list[ApiKeyModel]
+
+
+# --- audit -----------------------------------------------------------------------------------------------
+
+
+class AuditRecordModel(_Response):
+    at: str
+    tenant: str
+    actor: str
+    auth: str
+    action: str
+    result: Literal["ok", "denied"]
+    saga_id: str | None = None
+    target: str | None = None
+    detail: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    source: str | None = None
+    source_position: str | None = None
+
+
+class AuditPageModel(_Response):
+    items: list[AuditRecordModel]
+    next_cursor: str | None

@@ -7,13 +7,23 @@ unexpected) into a response, so no handler builds an error body by hand.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.app.errors import AppError, Conflict, Forbidden, Invalid, NotFound, PreconditionFailed
+from orchestrator.app.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PreconditionFailed,
+    TooManyRequests,
+    Unavailable,
+)
 
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "urn:saga-orchestrator:problem:"
@@ -30,6 +40,7 @@ _TITLES: Mapping[int, str] = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     428: "Precondition Required",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -108,6 +119,8 @@ _APP_STATUS: Mapping[type[AppError], int] = {
     Conflict: 409,
     PreconditionFailed: 412,
     Invalid: 422,
+    TooManyRequests: 429,
+    Unavailable: 503,
 }
 
 
@@ -118,4 +131,7 @@ def from_app_error(e: AppError, where: str = "body", status: int | None = None) 
     if status is None:
         status = next((code for cls, code in _APP_STATUS.items() if isinstance(e, cls)), 400)
     errors = [FieldProblem(f"{where}.{i.path}" if i.path else where, i.message) for i in e.issues]
-    return Problem(status, e.code, e.message, errors)
+    headers = (
+        {"Retry-After": str(max(1, math.ceil(e.retry_after_s)))} if isinstance(e, TooManyRequests) else None
+    )
+    return Problem(status, e.code, e.message, errors, headers=headers)

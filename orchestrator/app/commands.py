@@ -9,6 +9,7 @@ returns the existing saga; with a different request it is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -38,6 +39,7 @@ from orchestrator.eventstore.errors import StreamNotFound, WrongExpectedRevision
 from orchestrator.eventstore.ids import event_id, new_events
 from orchestrator.eventstore.port import EventStore
 from orchestrator.eventstore.types import NO_STREAM, Expected, NewEvent, Position, RecordedEvent
+from orchestrator.observability.tracing import OFF, SagaTracer, TraceContext, Traced
 from orchestrator.records.codec import Envelope, from_recorded, to_new_events
 from orchestrator.records.streams import (
     CLIENT_ID,
@@ -88,11 +90,13 @@ class SagaCommands:
         *,
         service_known: Callable[[str], bool] = lambda _: True,
         clock: Callable[[], float] | None = None,
+        tracer: SagaTracer = OFF,
     ) -> None:
         self._store = store
         self._tuning = tuning
         self._service_known = service_known
         self._clock = clock
+        self._tracer = tracer
 
     def _now(self) -> datetime:
         return datetime.now(UTC) if self._clock is None else datetime.fromtimestamp(self._clock(), UTC)
@@ -119,7 +123,7 @@ class SagaCommands:
             raise NotFound(f"no {what}definition {name!r}")
         return parse_pinned(*versions[chosen])
 
-    async def register_definition(self, tenant: str, actor: str, raw: Any) -> Registered:
+    async def register_definition(self, tenant: str, actor: str, raw: Any, *, auth: str = "") -> Registered:
         try:
             definition = parse_definition(raw)
         except DefinitionError as e:
@@ -159,7 +163,7 @@ class SagaCommands:
                 "hash": hashlib.sha256(body).hexdigest(),
                 "definition": canonical_dict(definition),
             }
-            meta = {"tenant": tenant, "actor": actor, "schema": "1"}
+            meta = {"tenant": tenant, "actor": actor, "schema": "1", **({"auth": auth} if auth else {})}
             expected: Expected = events[-1].revision if events else NO_STREAM
             new = new_events(
                 stream, expected, [(DEFINITION_REGISTERED, canonical_bytes(data), canonical_bytes(meta))]
@@ -182,6 +186,7 @@ class SagaCommands:
         context: dict[str, Any],
         client_id: str | None = None,
         idempotency_key: str | None = None,
+        auth: str = "",
     ) -> Started:
         if client_id is not None and not CLIENT_ID.match(client_id):
             raise Invalid([Issue("saga_id", f"{client_id!r} must match {CLIENT_ID.pattern}")])
@@ -205,19 +210,31 @@ class SagaCommands:
             context=context,
             tuning=self._tuning,
         )
-        envelope = Envelope(tenant=tenant, actor=actor, correlation_id=saga_id, causation_id=request)
-        new = to_new_events(stream, NO_STREAM, [started], envelope)
-        # The request hash rides in the metadata so a repeated start can be recognised; the nonce makes
-        # two identical starts racing each other two different appends, so the store lets one create the
-        # saga and the other finds it (200), instead of taking the second as a resend of the first.
-        new = [_with_meta(stream, e, request_hash=request, start_nonce=uuid.uuid4().hex) for e in new]
-        try:
-            result = await self._store.append(stream, new, expected=NO_STREAM)
-        except WrongExpectedRevision:
-            existing = await self._first_event(stream)
-            if existing is None:
-                raise
-            return self._same_start(existing, tenant, saga_id, stream, request)
+        with self._tracer.start(
+            tenant=tenant, saga_id=saga_id, definition=definition.name, definition_version=definition.version
+        ) as traced:
+            # The saga's trace context goes into the metadata before any id is computed (invariant 5).
+            envelope = Envelope(
+                tenant=tenant,
+                actor=actor,
+                correlation_id=saga_id,
+                causation_id=request,
+                traceparent=traced.context.traceparent,
+                tracestate=traced.context.tracestate,
+                auth=auth,
+            )
+            new = to_new_events(stream, NO_STREAM, [started], envelope)
+            # The request hash rides in the metadata so a repeated start can be recognised; the nonce makes
+            # two identical starts racing each other two different appends, so the store lets one create
+            # the saga and the other finds it (200), instead of taking the second as a resend of the first.
+            new = [_with_meta(stream, e, request_hash=request, start_nonce=uuid.uuid4().hex) for e in new]
+            try:
+                result = await self._store.append(stream, new, expected=NO_STREAM)
+            except WrongExpectedRevision:
+                existing = await self._first_event(stream)
+                if existing is None:
+                    raise
+                return self._same_start(existing, tenant, saga_id, stream, request)
         return Started(saga_id, stream, True, result.position, definition.version)
 
     async def _first_event(self, stream: str) -> RecordedEvent | None:
@@ -263,37 +280,73 @@ class SagaCommands:
         idempotency_key: str,
         step: str | None = None,
         if_match: int | None = None,
+        auth: str = "",
     ) -> Intervened:
         stream = saga_stream(saga_id)
-        for _ in range(_RACES):
-            state, _events = await self.load(tenant, saga_id)
-            if if_match is not None and if_match != state.revision:
-                raise PreconditionFailed(
-                    f"the saga is at revision {state.revision}, not {if_match}", code="revision-mismatch"
-                )
-            message = Intervene(command, actor, reason, idempotency_key, step)
-            try:
-                events = decide(state, message, self._now(), self._tuning)
-            except DomainConflict as e:
-                raise Conflict(str(e), code="intervention-refused") from e
-            if not events:
-                return Intervened(saga_id, state.revision, False, None)
-            envelope = Envelope(
-                tenant=tenant, actor=actor, correlation_id=saga_id, causation_id=idempotency_key
-            )
-            new = to_new_events(stream, state.revision, events, envelope)
-            try:
-                result = await self._store.append(stream, new, expected=state.revision)
-            except WrongExpectedRevision:
-                if if_match is not None:
+        with contextlib.ExitStack() as spans:
+            traced: Traced | None = None
+            for _ in range(_RACES):
+                state, recorded = await self.load(tenant, saga_id)
+                if if_match is not None and if_match != state.revision:
                     raise PreconditionFailed(
-                        "the saga changed while the command was decided", code="revision-mismatch"
-                    ) from None
-                continue
-            return Intervened(saga_id, state.revision + len(events), True, result.position)
+                        f"the saga is at revision {state.revision}, not {if_match}", code="revision-mismatch"
+                    )
+                message = Intervene(command, actor, reason, idempotency_key, step)
+                try:
+                    events = decide(state, message, self._now(), self._tuning)
+                except DomainConflict as e:
+                    raise Conflict(str(e), code="intervention-refused") from e
+                if not events:
+                    return Intervened(saga_id, state.revision, False, None)
+                if traced is None:
+                    # One span for the command, whatever races it loses: in the saga's trace (below the
+                    # context its stream stores), so the work it lets continue stays in that trace.
+                    traced = spans.enter_context(
+                        self._tracer.intervene(
+                            stored_context(recorded),
+                            tenant=tenant,
+                            saga_id=saga_id,
+                            command=command.value,
+                            actor=actor,
+                            reason=reason,
+                        )
+                    )
+                envelope = Envelope(
+                    tenant=tenant,
+                    actor=actor,
+                    correlation_id=saga_id,
+                    causation_id=idempotency_key,
+                    traceparent=traced.context.traceparent,
+                    tracestate=traced.context.tracestate,
+                    auth=auth,
+                )
+                new = to_new_events(stream, state.revision, events, envelope)
+                try:
+                    result = await self._store.append(stream, new, expected=state.revision)
+                except WrongExpectedRevision:
+                    if if_match is not None:
+                        raise PreconditionFailed(
+                            "the saga changed while the command was decided", code="revision-mismatch"
+                        ) from None
+                    continue
+                traced.record(events)
+                return Intervened(saga_id, state.revision + len(events), True, result.position)
         raise Conflict(
             "the saga is changing too fast to apply the command; try again", code="intervention-refused"
         )
+
+
+def stored_context(recorded: list[RecordedEvent]) -> TraceContext:
+    """The trace context a saga's stream stores: the latest one written (interventions replace it)."""
+    for event in reversed(recorded):
+        try:
+            metadata = json.loads(event.metadata)
+        except ValueError:
+            continue
+        found = TraceContext.from_metadata(metadata) if isinstance(metadata, dict) else TraceContext()
+        if found:
+            return found
+    return TraceContext()
 
 
 def _with_meta(stream: str, event: NewEvent, **extra: str) -> NewEvent:

@@ -34,6 +34,22 @@ class Forbidden(AppError):
     default_code = "forbidden"
 
 
+class Unavailable(AppError):
+    """This node cannot serve it now (it runs no projector, a dependency is down); another may."""
+
+    default_code = "unavailable"
+
+
+class TooManyRequests(AppError):
+    """The caller's tenant is over one of its caps; ``retry_after_s`` says when to try again."""
+
+    default_code = "too-many-requests"
+
+    def __init__(self, message: str, retry_after_s: float, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class Conflict(AppError):
     """Not possible in the current state (a person's command the saga refuses, a taken id)."""
 

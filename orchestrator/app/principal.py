@@ -12,5 +12,7 @@ class Principal:
     tenant: str
     actor: str
     roles: frozenset[str]
-    #: how the interface established who this is: "none" (development), "trusted-header", …
+    #: how the interface established who this is: "none" (development), "trusted-header", "jwt", "api-key"
     authenticated_by: str = "none"
+    #: which credential: the API key's id (never its secret); "" when the method has none
+    credential_id: str = ""

@@ -1,8 +1,8 @@
 """``Sagas``: the use cases every interface calls, each with the caller's :class:`Principal`.
 
 Commands fold the stream they change and append (``SagaCommands``), then let this process's engine look at
-the saga at once; queries read the read models of the caller's tenant. Who may do what will be decided
-here too (the permission table), once, for every interface.
+the saga at once; queries read the read models of the caller's tenant. Who may do what is decided
+here, once, for every interface: each use case checks the permission table (``app.permissions``) first.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import contextvars
 from typing import Any
 
 from orchestrator.app.commands import Intervened, Registered, SagaCommands, Started
-from orchestrator.app.errors import AppError, Invalid, NotFound
+from orchestrator.app.errors import AppError, Invalid, NotFound, Unavailable
+from orchestrator.app.limits import StartRate, TenantCaps, check_in_flight, check_rate
+from orchestrator.app.permissions import Permission, authorize
 from orchestrator.app.ports import EngineStatus, ReadModels, ReadModelUnavailable
 from orchestrator.app.principal import Principal
 from orchestrator.domain.errors import Issue
@@ -30,6 +32,11 @@ from projections.views import DefinitionSummary, Page, SagaCounters, SagaSummary
 WAKE_TIMEOUT_S = 0.5
 
 
+def auth_of(who: Principal) -> str:
+    """How the caller was authenticated, as the audit log records it (never a secret)."""
+    return f"{who.authenticated_by}:{who.credential_id}" if who.credential_id else who.authenticated_by
+
+
 class Sagas:
     def __init__(
         self,
@@ -38,17 +45,22 @@ class Sagas:
         *,
         read_models: ReadModels | None = None,
         engine: EngineStatus | None = None,
+        caps: TenantCaps | None = None,
     ) -> None:
         self._store = store
         self.commands = commands
         self._read_models = read_models
         self._engine = engine
+        self._caps = caps = caps or TenantCaps()
+        self._rate = StartRate(caps.start_rate_per_s, caps.start_burst) if caps.start_rate_per_s else None
 
     # --- commands ----------------------------------------------------------------------------------------
     async def register_definition(self, who: Principal, raw: Any) -> Registered:
-        return await self.commands.register_definition(who.tenant, who.actor, raw)
+        authorize(who, Permission.REGISTER_DEFINITIONS)
+        return await self.commands.register_definition(who.tenant, who.actor, raw, auth=auth_of(who))
 
     async def definition_versions(self, who: Principal, name: str) -> dict[str, tuple[dict[str, Any], str]]:
+        authorize(who, Permission.READ_DEFINITIONS)
         return await self.commands.definition_versions(who.tenant, name)
 
     async def start(
@@ -61,6 +73,8 @@ class Sagas:
         client_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> Started:
+        authorize(who, Permission.START)
+        await self._admit(who.tenant)
         started = await self.commands.start(
             who.tenant,
             who.actor,
@@ -69,6 +83,7 @@ class Sagas:
             context=context,
             client_id=client_id,
             idempotency_key=idempotency_key,
+            auth=auth_of(who),
         )
         if started.created:
             await self._wake(started.saga_id)
@@ -85,6 +100,7 @@ class Sagas:
         step: str | None = None,
         if_match: int | None = None,
     ) -> Intervened:
+        authorize(who, Permission.INTERVENE)
         result = await self.commands.intervene(
             who.tenant,
             who.actor,
@@ -94,6 +110,7 @@ class Sagas:
             idempotency_key=idempotency_key,
             step=step,
             if_match=if_match,
+            auth=auth_of(who),
         )
         if result.applied:
             await self._wake(saga_id)
@@ -114,6 +131,7 @@ class Sagas:
         filter (at most ``limit``), each decided on its own stream as :meth:`intervene` decides it: the read
         model only selects, it never decides. Each saga's key is ``idempotency_key`` and its id, so repeating
         the request changes nothing already done. Returns each saga's result or refusal."""
+        authorize(who, Permission.BULK_INTERVENE)
         page = await self.list_sagas(who, status=status, definition=definition, limit=limit)
         results: list[tuple[str, Intervened | AppError]] = []
         for summary in page.items:
@@ -130,6 +148,18 @@ class Sagas:
             results.append((summary.saga_id, result))
         return results
 
+    async def _admit(self, tenant: str) -> None:
+        """The tenant's caps (app.limits): the in-flight count first (it costs no token), then the rate."""
+        if self._caps.max_in_flight:
+            if self._read_models is None:
+                raise Unavailable(
+                    "the in-flight cap needs the read models, which this node does not serve",
+                    code="read-model-unavailable",
+                )
+            counters = await self._read_models.counters(tenant)
+            check_in_flight(self._caps, tenant, counters.by_status)
+        check_rate(self._rate, tenant)
+
     async def _wake(self, saga_id: str) -> None:
         """Let this process's actor look at the saga now. Only a latency hint (the kick timer and the
         subscription bring the saga back anyway), so a busy engine never holds up the answer."""
@@ -144,6 +174,7 @@ class Sagas:
     # --- the saga's own history (the store, not a read model) --------------------------------------------
     async def first_event(self, who: Principal, saga_id: str) -> RecordedEvent:
         """The saga's ``SagaStarted``, if the saga exists for the caller's tenant; else ``NotFound``."""
+        authorize(who, Permission.READ_SAGAS)
         try:
             first = await self._store.read_stream(saga_stream(saga_id), limit=1)
         except (StreamNotFound, StreamDeleted):
@@ -177,6 +208,7 @@ class Sagas:
         return self._read_models
 
     async def saga(self, who: Principal, saga_id: str) -> SagaView | None:
+        authorize(who, Permission.READ_SAGAS)
         view = await self._models().saga(who.tenant, saga_id)
         return view if view is not None and view.tenant == who.tenant else None
 
@@ -189,6 +221,7 @@ class Sagas:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[SagaSummary]:
+        authorize(who, Permission.READ_SAGAS)
         try:
             return await self._models().list_sagas(
                 who.tenant, status=status, definition=definition, limit=limit, cursor=cursor
@@ -197,15 +230,18 @@ class Sagas:
             raise Invalid([Issue("cursor", "not a cursor from this list")], code="invalid-query") from None
 
     async def dlq(self, who: Principal, *, limit: int = 50, cursor: str | None = None) -> Page[SagaSummary]:
+        authorize(who, Permission.READ_SAGAS)
         try:
             return await self._models().dlq(who.tenant, limit=limit, cursor=cursor)
         except ValueError:
             raise Invalid([Issue("cursor", "not a cursor from this list")], code="invalid-query") from None
 
     async def definitions(self, who: Principal) -> list[DefinitionSummary]:
+        authorize(who, Permission.READ_DEFINITIONS)
         return await self._models().definitions(who.tenant)
 
     async def counters(self, who: Principal) -> SagaCounters:
+        authorize(who, Permission.READ_SAGAS)
         return await self._models().counters(who.tenant)
 
     async def wait_for_read_model(self, position: Position, timeout: float) -> tuple[bool, Position | None]:  # noqa: ASYNC109

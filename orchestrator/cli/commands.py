@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _register(args, settings)
     if args.command == "projections":
         return await _rebuild(args, settings)
+    if args.command == "api-keys":
+        return await _api_keys(args, settings)
+    if args.command == "audit":
+        return await _audit_export(args, settings)
     try:
         async with open_store(settings, read_only=True) as store:
             match args.action:
@@ -100,7 +105,20 @@ async def _compare_read_model(args: argparse.Namespace, settings: Settings, resu
     return problems
 
 
+#: credentials the through-the-API commands send, from the environment (never a flag: shell history)
+TOKEN_VARIABLE, API_KEY_VARIABLE = "ORCHESTRATOR_TOKEN", "ORCHESTRATOR_API_KEY"
+
+
+def _credentials() -> dict[str, str]:
+    if token := os.environ.get(TOKEN_VARIABLE):
+        return {"Authorization": f"Bearer {token}"}
+    if key := os.environ.get(API_KEY_VARIABLE):
+        return {"X-API-Key": key}
+    return {}
+
+
 async def _call(method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    kw["headers"] = {**_credentials(), **kw.get("headers", {})}
     try:
         async with aiohttp.ClientSession() as session, session.request(method, url, **kw) as response:
             text = await response.text()
@@ -185,3 +203,65 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
             await asyncio.sleep(0.5)
     print(f"rebuild done: generation {progress.get('generation')} is serving", flush=True)
     return 0
+
+
+async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
+    base = f"{_base_url(settings, args.url)}/api/v1/api-keys"
+    headers = {"X-Tenant-Id": args.tenant} if args.tenant else {}
+    match args.action:
+        case "create":
+            body: dict[str, Any] = {"name": args.name, "roles": [r.strip() for r in args.roles.split(",")]}
+            if args.expires_in_days is not None:
+                body["expires_in_s"] = round(args.expires_in_days * 86400)
+            status, answer = await _call("POST", base, json=body, headers=headers)
+        case "list":
+            status, answer = await _call("GET", base, headers=headers)
+        case "rotate":
+            url = f"{base}/{args.key_id}/rotate"
+            status, answer = await _call("POST", url, json={"grace_s": args.grace_s}, headers=headers)
+        case _:
+            url = f"{base}/{args.key_id}/revoke"
+            status, answer = await _call("POST", url, json={"reason": args.reason}, headers=headers)
+    if status >= 400 or not isinstance(answer, dict):
+        print(json.dumps(answer, indent=2) if not isinstance(answer, str) else answer, file=sys.stderr)
+        return 1
+    if "secret" in answer:
+        print(_key_line(answer["key"]))
+        print(f"secret: {answer['secret']}")
+        print("(shown this once: only its hash is kept)")
+    elif "items" in answer:
+        for key in answer["items"]:
+            print(_key_line(key))
+    else:
+        print(_key_line(answer))
+    return 0
+
+
+def _key_line(key: dict[str, Any]) -> str:
+    used = key.get("last_used_at") or "never used"
+    expires = f"expires {key['expires_at']}" if key.get("expires_at") else "no expiry"
+    return (
+        f"{key['key_id']}  {key['status']:<7}  {','.join(key['roles'])}  {key['name']!r}  {expires}, {used}"
+    )
+
+
+async def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Every record in the range, one JSON object a line, a page at a time (compliance reporting)."""
+    url = f"{_base_url(settings, args.url)}/api/v1/audit"
+    headers = {"X-Tenant-Id": args.tenant} if args.tenant else {}
+    query: dict[str, str] = {"limit": "1000"}
+    for name in ("since", "until"):
+        value = getattr(args, name)
+        if value is not None:
+            query[name] = value.replace("Z", "+00:00") if value.endswith("Z") else value
+    while True:
+        status, body = await _call("GET", url, params=query, headers=headers)
+        if status >= 400 or not isinstance(body, dict):
+            print(json.dumps(body, indent=2) if not isinstance(body, str) else body, file=sys.stderr)
+            return 1
+        for record in body["items"]:
+            present = {k: v for k, v in record.items() if v is not None}
+            print(json.dumps(present, sort_keys=True, ensure_ascii=False))
+        if not body["items"] or body.get("next_cursor") is None:
+            return 0
+        query["cursor"] = body["next_cursor"]

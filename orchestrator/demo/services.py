@@ -24,10 +24,12 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from opentelemetry.trace import TracerProvider
 
 from orchestrator.demo.ledger import Answer, problem
 from orchestrator.demo.state import Call, DemoState
 from orchestrator.demo.switches import NO_SWITCHES, Mode, SwitchError, Switches, parse_switches
+from orchestrator.observability.instrumentation import server_middleware
 
 log = structlog.get_logger("orchestrator.demo")
 
@@ -197,10 +199,16 @@ async def _health(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
 
-def create_demo_app(state: DemoState | None = None, *, sleep: Sleep = asyncio.sleep) -> web.Application:
+def create_demo_app(
+    state: DemoState | None = None,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    tracer_provider: TracerProvider | None = None,
+) -> web.Application:
     """The three demo services (under ``/order-service``, ``/inventory-service``, ``/payment-service``)
-    and the control routes under ``/demo``."""
-    app = web.Application()
+    and the control routes under ``/demo``; with a tracer provider, each call they receive is a server span
+    continuing the ``traceparent`` the engine sent."""
+    app = web.Application(middlewares=[server_middleware(tracer_provider)] if tracer_provider else [])
     app[STATE] = state if state is not None else DemoState()
     app[SLEEP] = sleep
     app[TASKS] = set()
@@ -228,9 +236,11 @@ class DemoServices:
         await self._runner.cleanup()
 
 
-async def start_demo_services(host: str = "127.0.0.1", port: int = 0) -> DemoServices:
+async def start_demo_services(
+    host: str = "127.0.0.1", port: int = 0, *, tracer_provider: TracerProvider | None = None
+) -> DemoServices:
     """Serve the demo app in this process (the embedded default runs them next to the orchestrator)."""
-    app = create_demo_app()
+    app = create_demo_app(tracer_provider=tracer_provider)
     # A "slow" call may be sleeping at shutdown; waiting for it would only delay the process's exit.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,11 +22,14 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from orchestrator import failpoints
 from orchestrator.domain.commands import StartCompensationStep, StartStep, StepOutcome, Suspend
 from orchestrator.domain.decide import Plan, advance, apply, decide
 from orchestrator.domain.errors import DomainConflict, UnreadableHistory
+from orchestrator.domain.events import Event
 from orchestrator.domain.state import SagaState, evolve, fold, is_terminal
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import OutcomeKind, Phase
@@ -34,7 +39,8 @@ from orchestrator.engine.timers import DueTimer
 from orchestrator.eventstore.errors import OperationalError, StreamNotFound, WrongExpectedRevision
 from orchestrator.eventstore.port import EventStore
 from orchestrator.eventstore.types import NewEvent, RecordedEvent
-from orchestrator.observability.metrics import EngineMetrics
+from orchestrator.observability.metrics import EngineMetrics, trace_exemplar
+from orchestrator.observability.tracing import AttemptKey, SagaTracer, TraceContext, span_events
 from orchestrator.records.codec import Envelope, carries_intent, from_recorded, to_new_events
 
 log = structlog.get_logger("orchestrator.engine")
@@ -54,6 +60,7 @@ class ActorHost(Protocol):
     store: EventStore
     executor: Executor
     metrics: EngineMetrics
+    tracer: SagaTracer
     tuning: Tuning
     cache: SagaStateCache
     clock: Callable[[], float]
@@ -133,6 +140,11 @@ class SagaActor:
         self._unrecorded: list[Outcome] = []
         self._told_waiting = False
         self._retry_in = _RETRY_FIRST_S
+        #: the trace context the saga's stream stores (its latest): the parent of this actor's spans, and
+        #: what its appends carry, unchanged (see orchestrator.observability.tracing)
+        self._trace = host.cache.trace(stream)
+        #: the spans of this actor's attempts, open from the intent to the recorded outcome
+        self._spans: dict[AttemptKey, Span] = {}
 
     def post(self, message: Message) -> None:
         self._mailbox.append(message)
@@ -167,6 +179,13 @@ class SagaActor:
             if self._unrecorded:
                 # Only a stopping engine leaves them: their attempts' deadlines will record them as unknown.
                 log.warning("outcomes_not_recorded", stream=self.stream, count=len(self._unrecorded))
+            for span in self._spans.values():
+                # No span outlives the actor; the trace goes on through the stored context.
+                span.add_event(
+                    "saga.attempt.abandoned", {"saga.reason": "stopped before the outcome was recorded"}
+                )
+                span.end()
+            self._spans.clear()
             self._waiting_for_store(False)
             self.host.actor_finished(self)
 
@@ -200,6 +219,7 @@ class SagaActor:
                 for outcome in outcomes:
                     await self._append_plan(outcome.outcome)
                     recorded += 1
+                    self._attempt_recorded(outcome.outcome)
                     failpoints.hit("actor.after_outcome")
                 await self._append_plan(None)
                 self._decided = self.state.revision if self.state is not None else -1
@@ -230,7 +250,7 @@ class SagaActor:
         self._retry_in = _RETRY_FIRST_S
         self._waiting_for_store(False)
         if self.state is not None:
-            self.host.cache.remember(self.stream, self.state, self._decided)
+            self.host.cache.remember(self.stream, self.state, self._decided, self._trace)
         for hint in hints:
             await hint.ack()
 
@@ -253,32 +273,77 @@ class SagaActor:
             events = await store.read_stream(self.stream)
             decoded = [from_recorded(e) for e in events]
             self.state = fold((d.event, d.recorded_at) for d in decoded)
-            return
-        newer = await store.read_stream(self.stream, from_revision=self.state.revision + 1)
-        state = self.state
-        for recorded in newer:
-            d = from_recorded(recorded)
-            state = evolve(state, d.event, d.recorded_at)
-        self.state = state
+            self._trace = TraceContext()
+        else:
+            newer = await store.read_stream(self.stream, from_revision=self.state.revision + 1)
+            decoded = [from_recorded(e) for e in newer]
+            state = self.state
+            for d in decoded:
+                state = evolve(state, d.event, d.recorded_at)
+            self.state = state
+        for d in reversed(decoded):
+            stored = TraceContext.from_metadata(d.metadata)
+            if stored:
+                self._trace = stored
+                break
 
     def _observe(self, outcome: Outcome) -> None:
         o = outcome.outcome
+        span = self._spans.get((o.phase, o.step, o.attempt), trace.INVALID_SPAN)
         self.host.metrics.step_duration.labels(outcome.service, o.phase.value, o.kind.value).observe(
-            outcome.seconds
+            outcome.seconds, exemplar=trace_exemplar(span)
         )
         if o.phase is Phase.COMPENSATION:
             self.host.metrics.compensations.labels(o.kind.value).inc()
-        log.info(
-            "step_outcome",
-            saga_id=self.state.saga_id if self.state else None,
-            tenant=self.state.tenant if self.state else None,
-            step=o.step,
-            phase=o.phase.value,
-            attempt=o.attempt,
-            outcome=o.kind.value,
-            error=o.error_class or None,
-            seconds=round(outcome.seconds, 4),
-        )
+        with trace.use_span(span, end_on_exit=False):  # the log line carries the attempt's trace
+            log.info(
+                "step_outcome",
+                saga_id=self.state.saga_id if self.state else None,
+                tenant=self.state.tenant if self.state else None,
+                step=o.step,
+                phase=o.phase.value,
+                attempt=o.attempt,
+                outcome=o.kind.value,
+                error=o.error_class or None,
+                seconds=round(outcome.seconds, 4),
+            )
+
+    # --- spans ----------------------------------------------------------------------------------------
+    def _stored_trace(self, state: SagaState) -> TraceContext:
+        """The context this actor's appends carry: the stored one, or (a stream that stores none, with
+        tracing on) a new root, made once and then carried like a stored one."""
+        if not self._trace and self.host.tracer.enabled:
+            self._trace = self.host.tracer.resume(state.saga_id)
+        return self._trace
+
+    def _annotate(self, message: StepOutcome | None, state: SagaState, events: list[Event]) -> None:
+        """Span events for what an append recorded: on the span of the attempt each is about, else on the
+        span of the outcome being recorded, else on a ``saga.advance`` span of its own."""
+        found = span_events(events)
+        if not found:
+            return
+        recording = None
+        if message is not None:
+            recording = self._spans.get((message.phase, message.step, message.attempt))
+        own: Span | None = None
+        for key, name, attributes in found:
+            span = self._spans.get(key) if key is not None else None
+            if span is None:
+                span = recording
+            if span is None:
+                if own is None:
+                    own = self.host.tracer.advance(self._trace, state.saga_id)
+                span = own
+            if key is not None and span is not self._spans.get(key):
+                attributes = {**attributes, "saga.step.name": key[1], "saga.step.attempt": key[2]}
+            span.add_event(name, attributes)
+        if own is not None:
+            own.end()
+
+    def _attempt_recorded(self, outcome: StepOutcome) -> None:
+        span = self._spans.pop((outcome.phase, outcome.step, outcome.attempt), None)
+        if span is not None:
+            span.end()
 
     def _fire_lag(self, wakes: list[Wake]) -> None:
         now = self.host.clock()
@@ -305,6 +370,7 @@ class SagaActor:
             if not plan.events:
                 return
             if await self._append(state, plan):
+                self._annotate(message, state, plan.events)
                 acked = self.host.clock()
                 if acked - now_s > self.host.tuning.attempt_slack_ms / 2000 or plan.state is None:
                     # The store recorded these events when it committed them, after ``now``. An attempt's
@@ -324,11 +390,14 @@ class SagaActor:
 
     async def _append(self, state: SagaState, plan: Plan) -> bool:
         nonce = self.host.nonce() if carries_intent(plan.events) else None
+        traced = self._stored_trace(state)
         envelope = Envelope(
             tenant=state.tenant,
             actor=self.host.actor_name,
             correlation_id=state.saga_id,
             causation_id=self._causation,
+            traceparent=traced.traceparent,
+            tracestate=traced.tracestate,
         )
         new = to_new_events(self.stream, state.revision, plan.events, envelope, nonce)
         return await append_exact(self.host, self.stream, new, state.revision)
@@ -340,7 +409,14 @@ class SagaActor:
         assert state is not None
         for command in plan.calls:
             call = self._step_call(state, command, mono)
-            task = asyncio.create_task(self._call(call), name=f"call:{self.stream}:{call.step}")
+            span = self.host.tracer.attempt(self._trace, call)
+            if span.get_span_context().is_valid:
+                self._spans[(call.phase, call.step, call.attempt)] = span
+                call = dataclasses.replace(call, traceparent=TraceContext.of(span).traceparent or None)
+            # A context of its own: the call's trace is its attempt's span, not whatever the actor had.
+            task = asyncio.create_task(
+                self._call(call, span), name=f"call:{self.stream}:{call.step}", context=contextvars.Context()
+            )
             self.calls.add(task)
             self.host.calls_started(task)
             task.add_done_callback(self.calls.discard)
@@ -364,15 +440,17 @@ class SagaActor:
             send_deadline=mono + timeout + self.host.acquire_cap(command.service),
         )
 
-    async def _call(self, call: StepCall) -> None:
+    async def _call(self, call: StepCall, span: Span) -> None:
         started = time.monotonic()
-        try:
-            result = await self.host.executor.call(call)
-        except Exception as e:  # our own bug: the saga is suspended, never compensated
-            log.exception("executor_error", stream=self.stream, step=call.step)
-            result = CallResult(
-                OutcomeKind.CRASHED, None, error="internal", detail=repr(e), maybe_effective=True
-            )
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            try:
+                result = await self.host.executor.call(call)
+            except Exception as e:  # our own bug: the saga is suspended, never compensated
+                log.exception("executor_error", stream=self.stream, step=call.step)
+                result = CallResult(
+                    OutcomeKind.CRASHED, None, error="internal", detail=repr(e), maybe_effective=True
+                )
+        self.host.tracer.outcome(span, result)
         failpoints.hit("actor.after_call")
         self.post(Outcome(to_step_outcome(call, result), call.service, time.monotonic() - started))
 
@@ -388,6 +466,7 @@ class SagaActor:
             except DomainConflict:
                 return
             if events and await self._append(state, Plan(events, [])):
+                self._annotate(None, state, events)
                 self.state = apply(state, events, now)
 
 

@@ -1,7 +1,8 @@
 """The engine of one process: subscription consumers, saga actors, the timer index and its firer.
 
 - Deliveries from the persistent subscription group are hints for a saga's actor (created on demand, at
-  most ``max_in_flight`` at once: beyond that the consumer waits, which is the backpressure).
+  most ``max_in_flight`` at once: beyond that the consumer waits, which is the backpressure). The same
+  number is the consumer's buffer size, so the store never has more deliveries in flight to this process.
 - The timer projection keeps ``timers.db`` in step with ``$all``; the firer hands a due saga straight to
   a local actor.
 - ``stop()`` stops taking deliveries, lets calls in flight finish within the grace period, records their
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import time
 import uuid
@@ -29,6 +31,7 @@ from orchestrator.eventstore.errors import EventStoreError, SubscriptionExists
 from orchestrator.eventstore.port import EventStore, PersistentSubscription
 from orchestrator.eventstore.types import ConsumerStrategy, PersistentSubscriptionSettings, RecordedEvent
 from orchestrator.observability.metrics import EngineMetrics
+from orchestrator.observability.tracing import OFF, SagaTracer
 from orchestrator.records.streams import SAGA_STREAM_PREFIX
 from orchestrator.settings import EngineSettings
 
@@ -49,12 +52,14 @@ class Engine:
         clock: Callable[[], float] = time.time,
         metrics: EngineMetrics | None = None,
         state_cache_size: int = 10_000,
+        tracer: SagaTracer = OFF,
     ) -> None:
         self.store = store
         self.executor = executor
         self.settings = settings
         self.clock = clock
         self.metrics = metrics or EngineMetrics()
+        self.tracer = tracer
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.actor_name = f"engine:{self.node_id}"
         # Per-writer nonce (design.md §0.1): this incarnation and a sequence number.
@@ -137,7 +142,11 @@ class Engine:
                 self._actors[stream] = actor
                 self.metrics.actors.set(len(self._actors))
                 actor.post(message)
-                actor.task = asyncio.create_task(actor.run(), name=f"actor:{stream}")
+                # A context of its own: an actor outlives whatever posted to it first (a request, a
+                # delivery); its spans take their parent from the saga's stored trace context.
+                actor.task = asyncio.create_task(
+                    actor.run(), name=f"actor:{stream}", context=contextvars.Context()
+                )
                 return
         actor.post(message)
 
@@ -148,7 +157,6 @@ class Engine:
             message_timeout=self.settings.message_timeout_s,
             max_retry_count=self.settings.max_retry_count,
             max_subscriber_count=self.settings.max_subscribers,
-            live_buffer_size=max(500, self.settings.max_in_flight),
         )
         with contextlib.suppress(SubscriptionExists):
             # From the start: the group must see the first saga event ever written.
@@ -203,7 +211,12 @@ class Engine:
             await asyncio.sleep(interval)
 
     async def _consume(self) -> None:
-        subscription = await self.store.read_subscription(self.settings.group)
+        # The store hands this process at most max_in_flight undecided deliveries, what its actor slots
+        # can take: more would wait here unacked, their message timeout running, while other processes
+        # of the group could take them (and each store would otherwise apply its own default limit).
+        subscription = await self.store.read_subscription(
+            self.settings.group, buffer_size=self.settings.max_in_flight
+        )
         self._subscription = subscription
         try:
             async for event in subscription:

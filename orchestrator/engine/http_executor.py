@@ -1,7 +1,8 @@
 """Step calls over HTTP, following the participant contract (design.md §0.9 and §4).
 
 ``POST {base_url}/{action}`` with the attempt's byte-identical JSON body and the headers
-``Idempotency-Key``, ``X-Saga-Attempt``, ``X-Saga-Id``, ``X-Tenant-Id`` and ``traceparent``. Redirects are
+``Idempotency-Key``, ``X-Saga-Attempt``, ``X-Saga-Id``, ``X-Tenant-Id`` and ``traceparent`` (with tracing on,
+the client span's, below the attempt's span; ``tracestate`` too when there is one). Redirects are
 not followed. Each service has its own connection limit; the executor takes a slot (bounded by the
 pool-acquire cap), then re-checks the attempt's send deadline and never sends past it, so two attempts
 under one idempotency key are never in flight at once.
@@ -17,9 +18,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aiohttp
+from opentelemetry.trace import TracerProvider
 
 from orchestrator.domain.outcomes import may_have_taken_effect
 from orchestrator.engine.calls import CallResult, OutcomeKind, Phase, StepCall, classify
+from orchestrator.observability.instrumentation import client_trace_configs
 from orchestrator.settings import ServiceConfig
 
 #: the largest step output accepted (events stay small; the API caps context likewise)
@@ -56,7 +59,7 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
 
 
 class _Service:
-    def __init__(self, name: str, config: ServiceConfig) -> None:
+    def __init__(self, name: str, config: ServiceConfig, tracer_provider: TracerProvider | None) -> None:
         self.name = name
         self.config = config
         # Our own gate in front of aiohttp's pool, so waiting for a connection is bounded and observable.
@@ -64,13 +67,18 @@ class _Service:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=config.pool_limit, limit_per_host=config.pool_limit),
             auto_decompress=True,
+            # With tracing on, a client span below the attempt's span; it sends its own traceparent.
+            trace_configs=client_trace_configs(tracer_provider) or None,
         )
 
 
 class HttpExecutor:
-    def __init__(self, services: Mapping[str, ServiceConfig]) -> None:
+    def __init__(
+        self, services: Mapping[str, ServiceConfig], *, tracer_provider: TracerProvider | None = None
+    ) -> None:
         self._configs = dict(services)
         self._services: dict[str, _Service] = {}
+        self._tracer_provider = tracer_provider
 
     def knows(self, service: str) -> bool:
         return service in self._configs
@@ -83,7 +91,7 @@ class HttpExecutor:
     def _service(self, name: str) -> _Service:
         service = self._services.get(name)
         if service is None:
-            service = self._services[name] = _Service(name, self._configs[name])
+            service = self._services[name] = _Service(name, self._configs[name], self._tracer_provider)
         return service
 
     async def call(self, call: StepCall) -> CallResult:

@@ -1,7 +1,9 @@
 """Domain events <-> store events: JSON data, string-valued metadata, deterministic ids.
 
 Metadata on every event (design.md §3): ``tenant``, ``$correlationId``, ``$causationId``, ``actor``,
-``traceparent``, ``schema``. An append that carries an intent (``StepStarted``,
+``traceparent``, ``schema`` (and ``tracestate`` when the trace context has one, ``auth`` when a person's
+request made the append). An append that carries an
+intent (``StepStarted``,
 ``CompensationStepStarted``) also carries ``nonce`` — this writer's incarnation and sequence — so two
 writers that fold the same state and decide the same intent still write different bytes, and therefore
 different event ids: only one of them wins the slot, and each can tell by reading it whether it won
@@ -35,7 +37,14 @@ class Envelope:
     actor: str
     correlation_id: str
     causation_id: str
+    #: W3C trace context of the span that made the append (empty: not traced). Part of the bytes the
+    #: event ids hash, so it is fixed before the ids are computed and never rewritten (invariant 5).
     traceparent: str = ""
+    #: written only when there is one, so untraced metadata keeps the bytes it always had
+    tracestate: str = ""
+    #: how the actor was authenticated ("jwt", "trusted-header", "api-key:<key id>"), for the audit log;
+    #: written only when known (the engine's own appends have none)
+    auth: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,10 @@ def to_new_events(
                 "traceparent": envelope.traceparent,
                 "schema": str(schema),
             }
+            if envelope.tracestate:
+                fields["tracestate"] = envelope.tracestate
+            if envelope.auth:
+                fields["auth"] = envelope.auth
             if nonce is not None:
                 fields["nonce"] = nonce
             meta = metadata[schema] = canonical_bytes(fields)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from orchestrator.api.app import create_app
@@ -27,6 +28,7 @@ from orchestrator.eventstore import RecordedEvent
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.types import Position
 from orchestrator.observability.metrics import EngineMetrics
+from orchestrator.observability.tracing import SagaTracer
 from orchestrator.records.streams import saga_stream
 from orchestrator.settings import AuthSettings, EngineSettings, ServerSettings, ServiceConfig, Settings
 from tests.e2e.participants import Participants
@@ -117,9 +119,10 @@ async def make_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
 
     async def make(
         *,
-        mode: str = "none",
+        mode: str | AuthSettings = "none",
         max_body_bytes: int = 256 * 1024,
         redis: tuple[str, str] | None = None,
+        tracer_provider: TracerProvider | None = None,
         **deps_overrides: Any,
     ) -> Api:
         base = tmp_path / f"api-{len(closers)}"
@@ -133,12 +136,13 @@ async def make_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
         }
         settings = Settings(
             services=services,
-            auth=AuthSettings(mode=mode),  # type: ignore[arg-type]
+            auth=mode if isinstance(mode, AuthSettings) else AuthSettings(mode=mode),  # type: ignore[arg-type]
             server=ServerSettings(max_body_bytes=max_body_bytes),
             engine=EngineSettings(kick_ms=500, deadline_slack_ms=300),
         )
         registry = CollectorRegistry()
-        router = ExecutorRouter(http=HttpExecutor(services))
+        router = ExecutorRouter(http=HttpExecutor(services, tracer_provider=tracer_provider))
+        tracer = SagaTracer(tracer_provider)
         engine = Engine(
             store,
             router,
@@ -146,6 +150,7 @@ async def make_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
             data_dir=base,
             acquire_caps_ms={s: 200 for s in SERVICES},
             metrics=EngineMetrics(registry),
+            tracer=tracer,
         )
         await engine.start()
 
@@ -154,7 +159,7 @@ async def make_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
             await router.close()
 
         closers.append(stop_engine)
-        commands = SagaCommands(store, engine.tuning, service_known=router.knows)
+        commands = SagaCommands(store, engine.tuning, service_known=router.knows, tracer=tracer)
         projector = None
         if redis is not None:
             from projections.service import start_projector
@@ -165,6 +170,7 @@ async def make_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
             "read_models": projector.read_models if projector is not None else None,
             "engine": engine,
             "projector": projector,
+            "tracer_provider": tracer_provider,
             **deps_overrides,
         }
         deps = ApiDeps(

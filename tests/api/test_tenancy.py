@@ -15,8 +15,8 @@ from tests.api.conftest import (
 )
 from tests.seed import SEED_DEFINITION, SEED_START
 
-ACME = {"X-Tenant-Id": "acme", "X-Actor": "alice"}
-GLOBEX = {"X-Tenant-Id": "globex", "X-Actor": "bob"}
+ACME = {"X-Tenant-Id": "acme", "X-Actor": "alice", "X-Roles": "admin"}
+GLOBEX = {"X-Tenant-Id": "globex", "X-Actor": "bob", "X-Roles": "admin"}
 
 
 async def two_tenants(api: Api) -> tuple[str, str]:
@@ -65,9 +65,12 @@ async def test_tenant_header_is_required_and_checked(make_api: ApiFactory) -> No
     assert body["errors"][0]["field"] == "header.X-Tenant-Id"
     assert (await api.client.get("/health/live")).status == 200  # health needs no tenant
     assert await api.snapshot() == []
-    # Admin routes need the admin role in this mode.
+    # The deployment's admin routes need the admin role in the operations tenant (the default one).
+    viewer = {**ACME, "X-Roles": "viewer"}
+    await problem(await api.client.get("/api/v1/admin/subscriptions", headers=viewer), 403)
     await problem(await api.client.get("/api/v1/admin/subscriptions", headers=ACME), 403)
-    ok = await api.client.get("/api/v1/admin/subscriptions", headers={**ACME, "X-Roles": "admin"})
+    operator = {"X-Tenant-Id": "default", "X-Roles": "admin"}
+    ok = await api.client.get("/api/v1/admin/subscriptions", headers=operator)
     assert ok.status == 200
 
 

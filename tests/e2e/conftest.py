@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.trace import TracerProvider
 
 from orchestrator.app.commands import SagaCommands
 from orchestrator.domain.state import SagaState
@@ -17,6 +18,7 @@ from orchestrator.engine.router import ExecutorRouter
 from orchestrator.eventstore import RecordedEvent
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.port import EventStore
+from orchestrator.observability.tracing import SagaTracer
 from orchestrator.records.streams import saga_stream
 from orchestrator.settings import EngineSettings, ServiceConfig
 from tests.e2e.participants import Participants
@@ -36,6 +38,13 @@ class Harness:
     engines: list[Engine] = field(default_factory=list)
     routers: list[ExecutorRouter] = field(default_factory=list)
     data_dir: Path = Path()
+    #: tracing on for the engines started from now on, and for the commands (see :meth:`trace`)
+    tracer_provider: TracerProvider | None = None
+
+    def trace(self, provider: TracerProvider) -> None:
+        """Trace what the commands and the engines started after this do, on ``provider``."""
+        self.tracer_provider = provider
+        self.commands = SagaCommands(self.store, TUNING, tracer=SagaTracer(provider))
 
     def services(self) -> dict[str, ServiceConfig]:
         return {
@@ -44,13 +53,15 @@ class Harness:
 
     async def engine(self, store: EventStore | None = None, **settings: Any) -> Engine:
         """An engine on the harness's store, or on ``store`` (a fault-injecting wrapper around it)."""
-        router = ExecutorRouter(http=HttpExecutor(self.services()))
+        provider = self.tracer_provider
+        router = ExecutorRouter(http=HttpExecutor(self.services(), tracer_provider=provider))
         engine = Engine(
             store or self.store,
             router,
             settings=EngineSettings(**{"kick_ms": 500, "deadline_slack_ms": 300, **settings}),
             data_dir=self.data_dir / f"engine-{len(self.engines)}",
             acquire_caps_ms={s: 200 for s in SERVICES},
+            tracer=SagaTracer(provider),
         )
         await engine.start()
         self.engines.append(engine)

@@ -20,6 +20,9 @@ class Received:
     key: str
     attempt: int
     body: bytes
+    #: the W3C trace context headers as sent ("" when absent)
+    traceparent: str = ""
+    tracestate: str = ""
 
     @property
     def json(self) -> Any:
@@ -62,6 +65,8 @@ class Participants:
             request.headers.get("Idempotency-Key", ""),
             int(request.headers.get("X-Saga-Attempt", "0")),
             body,
+            request.headers.get("traceparent", ""),
+            request.headers.get("tracestate", ""),
         )
         self.received.append(got)
         self.changed.set()

@@ -31,6 +31,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "CLUSTER_ENABLED",
         "SAGA_EVENT_STORE__URL",
         "SAGA_REDIS__URL",
+        "SAGA_OBSERVABILITY__TRACING__ENABLED",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JWT_SECRET", SECRET)
@@ -70,7 +71,6 @@ def test_the_briefs_file_verbatim_refuses_each_unbuilt_feature_by_name(
     switched_by = {
         "orchestrator.cluster.nodes": "orchestrator.cluster.enabled",
         "orchestrator.cluster.election_timeout": "orchestrator.cluster.enabled",
-        "orchestrator.monitoring.jaeger_endpoint": "orchestrator.monitoring.tracing_enabled",
     }
     for line in lines:
         key = line.split(":", 1)[0]
@@ -94,17 +94,23 @@ def test_the_briefs_file_verbatim_maps_every_key() -> None:
         "orchestrator.persistence.cache": "redis://localhost:6379",
         "orchestrator.monitoring.metrics_enabled": True,
         "orchestrator.monitoring.tracing_enabled": True,
-        "orchestrator.monitoring.jaeger_endpoint": "http://jaeger:14268",
+        # Jaeger's Thrift collector, taken as the same host's OTLP/HTTP receiver
+        "orchestrator.monitoring.jaeger_endpoint": "http://jaeger:4318",
         "orchestrator.security.jwt_secret": SECRET,
         "orchestrator.security.rbac_enabled": True,
     }
     resolved = resolve(found, {})
     assert resolved.values == {
         "redis": {"url": "redis://localhost:6379"},
-        "observability": {"metrics_enabled": True},
+        "observability": {
+            "metrics_enabled": True,
+            "tracing": {"enabled": True, "endpoint": "http://jaeger:4318"},
+        },
+        "auth": {"jwt": {"secret": SECRET}, "rbac_enabled": True},
     }
     assert len(resolved.refusals) == len(NOT_BUILT) + 1  # and the PostgreSQL event store
-    assert [n.event for n in resolved.notes] == ["config_alias_not_used"]  # state_store
+    # state_store, and the Jaeger endpoint taken as OTLP
+    assert [n.event for n in resolved.notes] == ["config_alias_not_used", "config_alias_rewritten"]
 
 
 def test_the_briefs_file_with_its_unbuilt_features_off_loads(
@@ -126,6 +132,8 @@ def test_the_briefs_file_with_its_unbuilt_features_off_loads(
     assert settings.event_store.url == "esdb://localhost:2113?Tls=false"
     assert settings.redis.url == "redis://localhost:6379"
     assert settings.observability.metrics_enabled is False
+    assert settings.observability.tracing.enabled is False
+    assert settings.observability.tracing.endpoint == "http://jaeger:4318"
     assert {(n.level, n.message.split(":", 1)[0]) for n in notes} == {
         ("warning", "orchestrator.persistence.state_store"),
         ("info", "orchestrator.cluster.nodes"),
@@ -163,28 +171,6 @@ REFUSED = [
         "orchestrator.persistence.event_store: asks for the PostgreSQL event store, which is not built yet "
         "(it comes with a PostgreSQL adapter of the event store port); use 'embedded' or a KurrentDB / "
         "EventStoreDB URL (esdb://, kurrentdb://)",
-    ),
-    (
-        "monitoring:\n    tracing_enabled: true",
-        "orchestrator.monitoring.tracing_enabled: asks for OpenTelemetry tracing, which is not built yet (it "
-        "comes with OpenTelemetry instrumentation exported over OTLP); set it to false or leave it out",
-    ),
-    (
-        "monitoring:\n    tracing_enabled: true\n    jaeger_endpoint: http://jaeger:14268",
-        "orchestrator.monitoring.jaeger_endpoint: tunes OpenTelemetry tracing, which "
-        "orchestrator.monitoring.tracing_enabled switches on; OpenTelemetry tracing is not built yet (it "
-        "comes with OpenTelemetry instrumentation exported over OTLP): switch it off, or leave this key out",
-    ),
-    (
-        'security:\n    jwt_secret: "${JWT_SECRET}"',
-        "orchestrator.security.jwt_secret: asks for JWT authentication, which is not built yet (it comes "
-        "with the jwt auth mode: PyJWT, explicit algorithms, JWKS or static keys); leave it out or empty; "
-        "meanwhile auth.mode trusted-header trusts a gateway that checks the tokens",
-    ),
-    (
-        "security:\n    rbac_enabled: true",
-        "orchestrator.security.rbac_enabled: asks for role-based access control, which is not built yet (it "
-        "comes with roles per tenant and one permission table); set it to false or leave it out",
     ),
     (
         "persistence:\n    events: esdb://x:2113",
@@ -285,6 +271,73 @@ def test_the_briefs_kubernetes_environment(monkeypatch: pytest.MonkeyPatch) -> N
     settings, notes = load_settings_with_notes()
     assert settings.event_store.url == "kurrentdb+discover://admin:changeit@kurrentdb:2113"
     assert notes == ()
+
+
+# --- tracing: the brief's monitoring keys ---------------------------------------------------------------
+
+
+def test_the_briefs_tracing_keys_switch_tracing_on_and_jaeger_becomes_otlp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(
+        tmp_path,
+        monkeypatch,
+        "orchestrator:\n  monitoring:\n    tracing_enabled: true\n"
+        "    jaeger_endpoint: http://jaeger:14268/api/traces\n",
+    )
+    settings, notes = load_settings_with_notes()
+    tracing = settings.observability.tracing
+    assert (tracing.enabled, tracing.endpoint, tracing.protocol) == (
+        True,
+        "http://jaeger:4318",
+        "http/protobuf",
+    )
+    assert [(n.level, n.event, n.message) for n in notes] == [
+        (
+            "info",
+            "config_alias_rewritten",
+            "orchestrator.monitoring.jaeger_endpoint: Jaeger's 14268 endpoint takes Thrift, which no "
+            "maintained Python exporter speaks: spans go over OTLP/HTTP to port 4318 of the same host "
+            "instead",
+        )
+    ]
+
+
+def test_an_otlp_endpoint_under_the_jaeger_key_is_taken_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(
+        tmp_path,
+        monkeypatch,
+        "orchestrator:\n  monitoring: {tracing_enabled: true, jaeger_endpoint: 'https://collector:4318/'}\n"
+        "observability:\n  tracing: {sample_ratio: 0.25}\n",
+    )
+    settings, notes = load_settings_with_notes()
+    # The native section sets another key of the same nested section: both hold.
+    assert settings.observability.tracing.endpoint == "https://collector:4318"
+    assert settings.observability.tracing.enabled is True
+    assert settings.observability.tracing.sample_ratio == 0.25
+    assert notes == ()
+
+
+def test_native_tracing_settings_win_over_the_briefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _use(
+        tmp_path,
+        monkeypatch,
+        "orchestrator:\n  monitoring: {tracing_enabled: true, jaeger_endpoint: 'http://jaeger:14268'}\n"
+        "observability:\n  tracing: {endpoint: 'http://tempo:4318'}\n",
+    )
+    monkeypatch.setenv("SAGA_OBSERVABILITY__TRACING__ENABLED", "false")
+    settings, notes = load_settings_with_notes()
+    assert settings.observability.tracing.enabled is False
+    assert settings.observability.tracing.endpoint == "http://tempo:4318"
+    path = tmp_path / "config.yaml"
+    assert sorted(n.message for n in notes) == [
+        "orchestrator.monitoring.jaeger_endpoint is not used: observability.tracing.endpoint (in "
+        f"{path}) also sets observability.tracing.endpoint, and the native setting wins",
+        "orchestrator.monitoring.tracing_enabled is not used: SAGA_OBSERVABILITY__TRACING__ENABLED also sets "
+        "observability.tracing.enabled, and the native setting wins",
+    ]
 
 
 # --- native wins, with a warning naming both ------------------------------------------------------------

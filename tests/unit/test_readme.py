@@ -149,5 +149,5 @@ def test_the_cli_table_is_what_help_says() -> None:
         usage = leaf.format_usage().strip().removeprefix("usage: ").replace(" [-h]", "")
         assert leaf.description is not None
         expected.append((usage, help_text, leaf.description.removeprefix("works on: ")))
-    assert len(expected) == 10
+    assert len(expected) == 15
     assert [(c.strip("`"), h, w) for c, h, w in _table("| command ")] == expected
