@@ -31,6 +31,11 @@ from orchestrator.eventstore.types import (
     SubscriptionItem,
 )
 
+#: How many events a persistent-subscription consumer may hold in flight when it does not say: the
+#: ``buffer_size`` kurrentdbclient sends by default (DEFAULT_PERSISTENT_SUB_EVENT_BUFFER_SIZE), so that a
+#: consumer gets the same limit from every store.
+DEFAULT_BUFFER_SIZE = 150
+
 
 class Subscription(Protocol):
     """A catch-up subscription: history first, then live events, with no gap and no repeat at the switch.
@@ -59,6 +64,11 @@ class PersistentSubscription(Protocol):
     Delivered events carry ``retry_count``. Each must be answered with ``ack`` or ``nack``; an event
     neither acked nor nacked within the group's ``message_timeout`` is redelivered (to any consumer),
     and after ``max_retry_count`` retries it is parked.
+
+    The store never has more than the consumer's ``buffer_size`` events in flight to it (delivered, not
+    yet acked, nacked or timed out); an ack, a nack or a timeout frees a slot. What a full consumer cannot
+    take goes to another consumer with a free slot, or waits: under ``Pinned`` it waits for the consumer
+    that owns its stream.
     """
 
     def __aiter__(self) -> AsyncIterator[RecordedEvent]: ...
@@ -157,7 +167,12 @@ class EventStore(Protocol):
 
     async def delete_subscription(self, group: str) -> None: ...
 
-    async def read_subscription(self, group: str) -> PersistentSubscription: ...
+    async def read_subscription(
+        self, group: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE
+    ) -> PersistentSubscription:
+        """Connect one consumer to ``group``, with at most ``buffer_size`` (> 0) events in flight to it
+        (see :class:`PersistentSubscription`); ``ValueError`` for a size below 1."""
+        ...
 
     async def replay_parked(self, group: str) -> None:
         """Deliver the group's parked events again (their retry counts start over)."""

@@ -55,9 +55,15 @@ async def create_group(
     return group
 
 
-async def consume(store: EventStore, group: str, collect: Collect, *, auto_ack: bool = False) -> Collector:
-    """Connect one consumer to ``group``; with ``auto_ack`` it acks every event as it arrives."""
-    subscription = await store.read_subscription(group)
+async def consume(
+    store: EventStore, group: str, collect: Collect, *, auto_ack: bool = False, buffer_size: int | None = None
+) -> Collector:
+    """Connect one consumer to ``group`` (with the store's default buffer size unless given); with
+    ``auto_ack`` it acks every event as it arrives."""
+    if buffer_size is None:
+        subscription = await store.read_subscription(group)
+    else:
+        subscription = await store.read_subscription(group, buffer_size=buffer_size)
 
     async def ack(event: RecordedEvent) -> None:
         await subscription.ack(event.id)

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.eventstore import (
     NO_STREAM,
     ConsumerStrategy,
+    EventFilter,
     EventStore,
     MaxSubscribersReached,
     NackAction,
@@ -274,3 +275,22 @@ async def test_round_robin_starts_with_the_first_consumer_and_takes_turns(
     await eventually(lambda: len(first.events) + len(second.events) >= 4, what="4 deliveries")
     assert [e.id for e in first.events] == [events[0].id, events[2].id]
     assert [e.id for e in second.events] == [events[1].id, events[3].id]
+
+
+async def test_system_events_a_filter_would_select_never_reach_a_consumer(
+    harness: StoreHarness, store: EventStore, names: Names, collect: Collect
+) -> None:
+    # A server delivers system events to $all groups where their filter selects them (a metadata event
+    # matches this type regex); the port never hands them out, and they do not stay in flight.
+    selecting = EventFilter(event_type_regex=rf"(?:{names.type('')}|\$metadata)")
+    group = await create_group(harness, store, names, filter=selecting, after=await mark(store, names))
+    consumer = await consume(store, group, collect, auto_ack=True)
+    stream = names.stream("a")
+    await store.append(stream, names.events(1), expected=NO_STREAM)
+    await store.set_stream_metadata(stream, {"tenant": "acme"})
+    sentinel = names.events(1, start=1)[0]
+    await store.append(stream, [sentinel], expected=0)
+    await eventually(lambda: consumer.received(sentinel.id), what="the sentinel")
+    assert [e.revision for e in consumer.events if e.stream == stream] == [0, 1]
+    assert not [e for e in consumer.events if e.stream.startswith("$") or e.type.startswith("$")]
+    await info_reaches(store, group, in_flight=0)

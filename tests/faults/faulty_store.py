@@ -31,7 +31,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from orchestrator.eventstore.errors import OperationalError, StreamNotFound, WrongExpectedRevision
-from orchestrator.eventstore.port import EventStore, PersistentSubscription, StreamSubscription, Subscription
+from orchestrator.eventstore.port import (
+    DEFAULT_BUFFER_SIZE,
+    EventStore,
+    PersistentSubscription,
+    StreamSubscription,
+    Subscription,
+)
 from orchestrator.eventstore.types import (
     AppendResult,
     EventFilter,
@@ -301,8 +307,10 @@ class FaultyStore:
     async def delete_subscription(self, group: str) -> None:
         await self.inner.delete_subscription(group)
 
-    async def read_subscription(self, group: str) -> PersistentSubscription:
-        return await self.inner.read_subscription(group)
+    async def read_subscription(
+        self, group: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE
+    ) -> PersistentSubscription:
+        return await self.inner.read_subscription(group, buffer_size=buffer_size)
 
     async def replay_parked(self, group: str) -> None:
         await self.inner.replay_parked(group)

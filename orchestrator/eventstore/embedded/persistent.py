@@ -1,14 +1,18 @@
 """Persistent subscriptions of the embedded store, mirroring EventStoreDB's semantics.
 
+The port's groups never deliver system events (``$`` streams and types), as ``EventFilter`` says; a group
+made with ``system_events`` (the local server's, whose groups deliver them as KurrentDB's do) selects them
+like any other event.
+
 Durable: the group's definition, its checkpoint and its parked list (tables ``ps_groups``/``ps_parked``,
 written through the store's writer). In memory: in-flight messages and retry counts, so after a restart
 delivery resumes after the last checkpoint (at least once), exactly as on the server.
 
 A group runs one dispatcher task while it has consumers. It loads events after its cursor, hands them to
-consumers by the group's strategy, redelivers what times out or is nacked with ``retry``, parks what
-exceeds ``max_retry_count`` or is nacked with ``park``, and checkpoints the highest position below which
-everything is done — after ``checkpoint_after`` seconds once ``min_checkpoint_count`` messages completed,
-or at once after ``max_checkpoint_count``.
+consumers by the group's strategy (never more to a consumer than its buffer size), redelivers what times
+out or is nacked with ``retry``, parks what exceeds ``max_retry_count`` or is nacked with ``park``, and
+checkpoints the highest position below which everything is done — after ``checkpoint_after`` seconds once
+``min_checkpoint_count`` messages completed, or at once after ``max_checkpoint_count``.
 
 A parked message counts as done only once its row in the parked list is durable: until then its position
 stays outstanding, so no checkpoint can pass it, and a crash in between redelivers it instead of losing it.
@@ -65,6 +69,11 @@ def _settings_json(s: PersistentSubscriptionSettings) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def _filter_json(flt: EventFilter, system_events: bool) -> str:
+    # The flag rides in the filter's column: it decides, with the filter, what the group selects.
+    return json.dumps({**flt.to_json(), "system_events": True} if system_events else flt.to_json())
+
+
 def _settings_from_json(text: str) -> PersistentSubscriptionSettings:
     d = json.loads(text)
     d["strategy"] = ConsumerStrategy(d["strategy"])
@@ -98,14 +107,23 @@ class _Message:
 class Consumer:
     """One connection to a group (implements the port's ``PersistentSubscription``)."""
 
-    def __init__(self, group: _Group) -> None:
+    def __init__(self, group: _Group, buffer_size: int) -> None:
         self._group = group
+        #: the most messages in flight to it at once: the server's PersistentSubscriptionClient is made
+        #: with the client's buffer_size as its MaximumInFlightMessages (PersistentSubscriptions.Read.cs)
+        self.buffer_size = buffer_size
         self.queue: deque[_Message] = deque()
         #: in dispatch order, which is deadline order (every deadline is dispatch time + message timeout)
         self.in_flight: dict[tuple[UUID, bool], _Message] = {}
         self._ready = asyncio.Event()
         self.dropped: BaseException | None = None
         self.closed = False
+
+    @property
+    def free_slots(self) -> int:
+        # PersistentSubscriptionClient.AvailableSlots: a push takes a slot; an ack, a nack, a timeout or
+        # the client's removal gives it back (RemoveFromProcessing).
+        return self.buffer_size - len(self.in_flight)
 
     def __aiter__(self) -> AsyncIterator[RecordedEvent]:
         return self
@@ -161,17 +179,22 @@ class _Group:
         settings: PersistentSubscriptionSettings,
         checkpoint: int,
         parked: int,
+        system_events: bool = False,
     ) -> None:
         self.manager = manager
         self.name = name
         self.filter = flt
+        self.system_events = system_events
         self.settings = settings
         self.checkpoint = checkpoint
         self.parked = parked
         self.cursor = checkpoint  # everything <= cursor was loaded (or is done)
         self.outstanding: set[int] = set()  # loaded positions not yet done
         self.pending: deque[_Message] = deque()
+        #: in connection order
         self.consumers: list[Consumer] = []
+        #: RoundRobin and DispatchToSingle: the server's queue of clients, which they rotate through
+        self._turns: deque[Consumer] = deque()
         self.completed_since_checkpoint = 0
         self.last_checkpoint_time = time.monotonic()
         #: changes to the parked list not yet durable, in order: (message, True to park / False to unpark)
@@ -179,16 +202,18 @@ class _Group:
         self.parked_retry_at = 0.0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self._round_robin = 0
         self._head_waiter: asyncio.Future[None] | None = None
 
     # --- consumers -------------------------------------------------------------------------------------
-    def connect(self) -> Consumer:
+    def connect(self, buffer_size: int) -> Consumer:
+        if buffer_size < 1:
+            raise ValueError(f"a consumer's buffer size must be at least 1, not {buffer_size}")
         limit = self.settings.max_subscriber_count
         if limit and len(self.consumers) >= limit:
             raise MaxSubscribersReached(self.name, limit)
-        consumer = Consumer(self)
+        consumer = Consumer(self, buffer_size)
         self.consumers.append(consumer)
+        self._turns.append(consumer)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name=f"persistent-subscription:{self.name}")
         self.wake.set()
@@ -197,6 +222,7 @@ class _Group:
     def disconnect(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            self._turns.remove(consumer)
         # What it held goes back for redelivery, as the server retries a dropped client's messages.
         self._retry_in_order(consumer.in_flight.values())
         consumer.in_flight.clear()
@@ -316,19 +342,20 @@ class _Group:
             raise
 
     def _capacity(self) -> int:
-        return self.settings.live_buffer_size * max(1, len(self.consumers))
+        # What the consumers can hold in flight, plus a live buffer's worth read ahead for them.
+        return sum(c.buffer_size for c in self.consumers) + self.settings.live_buffer_size
 
     async def _load(self) -> None:
         head = self.manager.store.notifier.head
         room = self._capacity() - len(self.outstanding)
         if self.cursor >= head or room <= 0:
             return
-        after, flt = self.cursor, self.filter
+        after, flt, system = self.cursor, self.filter, self.system_events
         page = min(room, max(self.settings.read_batch_size, 100))
-        hit = self.manager.store.notifier.recent(after, head, flt, page)
+        hit = self.manager.store.notifier.recent(after, head, flt, page, system)
         if hit is None:
             hit = await self.manager.store.reader.run(
-                lambda c: Reader.read_all_page(c, after, head, flt, page)
+                lambda c: Reader.read_all_page(c, after, head, flt, page, system)
             )
         events, scanned = hit
         if self.cursor != after:
@@ -353,21 +380,33 @@ class _Group:
             self._retry_in_order(expired)
 
     def _pick(self, message: _Message) -> Consumer | None:
-        live = [c for c in self.consumers if len(c.in_flight) < self.settings.live_buffer_size]
-        if not live:
-            return None
+        """The consumer that takes ``message`` now, or ``None`` when it must wait; as the server's
+        consumer strategies (Services/PersistentSubscription/ConsumerStrategy/*.cs) with the consumers'
+        free slots (PersistentSubscriptionClient.Push refuses a client without one)."""
+        turns = self._turns
         match self.settings.strategy:
             case ConsumerStrategy.PINNED:
-                # A stream belongs to one consumer; if that one is full the message waits for it.
+                # A stream belongs to one consumer; if that one is full the message waits for it
+                # (PinnablePersistentSubscriptionConsumerStrategy answers Skipped, not another client).
                 owner = self.consumers[zlib.crc32(message.event.stream.encode()) % len(self.consumers)]
-                return owner if owner in live else None
+                return owner if owner.free_slots > 0 else None
             case ConsumerStrategy.ROUND_ROBIN:
-                # As the server: the first connected client first, then each in turn.
-                chosen = live[self._round_robin % len(live)]
-                self._round_robin = (self._round_robin + 1) % len(live)
-                return chosen
+                # Each client tried goes to the back of the queue, whether it took the message or not:
+                # the first connected client first, then each in turn, skipping the full ones.
+                for _ in range(len(turns)):
+                    consumer = turns.popleft()
+                    turns.append(consumer)
+                    if consumer.free_slots > 0:
+                        return consumer
+                return None
             case ConsumerStrategy.DISPATCH_TO_SINGLE:
-                return live[0]
+                # The client at the head of the queue takes everything it has room for; a full one goes
+                # to the back, so the next client becomes the one that takes everything.
+                for _ in range(len(turns)):
+                    if turns[0].free_slots > 0:
+                        return turns[0]
+                    turns.rotate(-1)
+                return None
 
     def _dispatch(self) -> None:
         if not self.consumers or not self.pending:
@@ -375,12 +414,12 @@ class _Group:
         deadline = time.monotonic() + self.settings.message_timeout
         waiting: deque[_Message] = deque()
         while self.pending:
+            if all(c.free_slots <= 0 for c in self.consumers):
+                break  # NoMoreCapacity: the server stops pushing until a slot frees up
             message = self.pending.popleft()
             consumer = self._pick(message)
             if consumer is None:
-                waiting.append(message)
-                if self.settings.strategy is not ConsumerStrategy.PINNED:
-                    break  # everyone is full
+                waiting.append(message)  # Skipped (Pinned): later messages may go to other consumers
                 continue
             message.consumer = consumer
             message.deadline = deadline
@@ -455,13 +494,15 @@ class PersistentSubscriptions:
             ).fetchall()
 
         for name, flt, settings, checkpoint, parked in await self.store.reader.run(read):
+            selection = json.loads(flt)
             self.groups[name] = _Group(
                 self,
                 name,
-                EventFilter.from_json(json.loads(flt)),
+                EventFilter.from_json(selection),
                 _settings_from_json(settings),
                 checkpoint,
                 parked,
+                system_events=bool(selection.get("system_events", False)),
             )
 
     def _group(self, name: str) -> _Group:
@@ -477,11 +518,12 @@ class PersistentSubscriptions:
         settings: PersistentSubscriptionSettings,
         after: Position | None,
         from_end: bool,
+        system_events: bool = False,
     ) -> None:
         if name in self.groups:
             raise SubscriptionExists(name)
         start = self.store.notifier.head if from_end else (after.commit if after is not None else 0)
-        filter_json, settings_json = json.dumps(flt.to_json()), _settings_json(settings)
+        filter_json, settings_json = _filter_json(flt, system_events), _settings_json(settings)
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -491,7 +533,7 @@ class PersistentSubscriptions:
 
         if name in self.groups:
             raise SubscriptionExists(name)
-        self.groups[name] = _Group(self, name, flt, settings, start, 0)
+        self.groups[name] = _Group(self, name, flt, settings, start, 0, system_events)
         try:
             await self.store.write_call(insert)
         except Exception:
@@ -523,8 +565,8 @@ class PersistentSubscriptions:
 
         await self.store.write_call(remove)
 
-    async def connect(self, name: str) -> Consumer:
-        return self._group(name).connect()
+    async def connect(self, name: str, buffer_size: int) -> Consumer:
+        return self._group(name).connect(buffer_size)
 
     async def replay_parked(self, name: str) -> None:
         group = self._group(name)

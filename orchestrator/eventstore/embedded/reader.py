@@ -48,9 +48,10 @@ def to_event(row: Sequence[Any], retry_count: int = 0) -> RecordedEvent:
     )
 
 
-def filter_sql(flt: EventFilter | None) -> tuple[str, list[Any]]:
-    """SQL condition (on aliases e, s) and parameters that select what ``flt`` lets through."""
-    sql = " AND substr(s.name, 1, 1) != '$' AND substr(e.type, 1, 1) != '$'"
+def filter_sql(flt: EventFilter | None, *, system: bool = False) -> tuple[str, list[Any]]:
+    """SQL condition (on aliases e, s) and parameters that select what ``flt`` lets through; with
+    ``system``, system events (``$`` streams and types) too, when the rest of ``flt`` selects them."""
+    sql = "" if system else " AND substr(s.name, 1, 1) != '$' AND substr(e.type, 1, 1) != '$'"
     params: list[Any] = []
     if flt is not None and flt.stream_prefixes:
         sql += " AND (" + " OR ".join("(s.name >= ? AND s.name < ?)" for _ in flt.stream_prefixes) + ")"
@@ -60,6 +61,19 @@ def filter_sql(flt: EventFilter | None) -> tuple[str, list[Any]]:
         sql += " AND regexp(?, e.type)"
         params.append(flt.event_type_regex)
     return sql, params
+
+
+def selects(flt: EventFilter | None, stream: str, event_type: str, *, system: bool = False) -> bool:
+    """What :func:`filter_sql` selects, for an event in memory."""
+    if flt is None:
+        return system or not (stream.startswith("$") or event_type.startswith("$"))
+    if not system:
+        return flt.matches(stream, event_type)
+    if flt.stream_prefixes:
+        return stream.startswith(flt.stream_prefixes)
+    if flt.event_type_regex is not None:
+        return re.match(flt.event_type_regex, event_type) is not None
+    return True
 
 
 class Reader:
@@ -143,11 +157,17 @@ class Reader:
 
     @staticmethod
     def read_all_page(
-        conn: sqlite3.Connection, after: int, upto: int, flt: EventFilter | None, limit: int
+        conn: sqlite3.Connection,
+        after: int,
+        upto: int,
+        flt: EventFilter | None,
+        limit: int,
+        system: bool = False,
     ) -> tuple[list[RecordedEvent], int]:
-        """Events with ``after < position <= upto`` that pass ``flt`` (at most ``limit``), and how far
-        the page scanned: the last row's position when the page is full, else ``upto``."""
-        cond, params = filter_sql(flt)
+        """Events with ``after < position <= upto`` that pass ``flt`` (at most ``limit``; system events
+        too with ``system``), and how far the page scanned: the last row's position when the page is
+        full, else ``upto``."""
+        cond, params = filter_sql(flt, system=system)
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM events e JOIN streams s ON s.id = e.stream_id"
             f" WHERE e.position > ? AND e.position <= ?{cond} ORDER BY e.position LIMIT ?",

@@ -41,6 +41,7 @@ from orchestrator.eventstore.errors import (
     StoreClosed,
     SubscriptionNotFound,
 )
+from orchestrator.eventstore.port import DEFAULT_BUFFER_SIZE
 from orchestrator.eventstore.types import (
     MAX_APPEND_SIZE,
     AppendResult,
@@ -257,10 +258,18 @@ class EmbeddedEventStore:
         settings: PersistentSubscriptionSettings | None = None,
         after: Position | None = None,
         from_end: bool = False,
+        system_events: bool = False,
     ) -> None:
+        """The port's ``create_subscription``; ``system_events`` (not in the port, for the local server)
+        makes the group deliver system events too, where its filter selects them."""
         self._writer_or_raise()
         await self.persistent.create(
-            group, filter or EventFilter(), settings or PersistentSubscriptionSettings(), after, from_end
+            group,
+            filter or EventFilter(),
+            settings or PersistentSubscriptionSettings(),
+            after,
+            from_end,
+            system_events,
         )
 
     async def update_subscription(self, group: str, settings: PersistentSubscriptionSettings) -> None:
@@ -271,9 +280,9 @@ class EmbeddedEventStore:
         self._writer_or_raise()
         await self.persistent.delete(group)
 
-    async def read_subscription(self, group: str) -> Any:
+    async def read_subscription(self, group: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Any:
         self._writer_or_raise()
-        return await self.persistent.connect(group)
+        return await self.persistent.connect(group, buffer_size)
 
     async def replay_parked(self, group: str) -> None:
         self._writer_or_raise()

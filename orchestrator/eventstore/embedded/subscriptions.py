@@ -8,13 +8,14 @@ to switch between: no event can be missed or repeated when the subscriber catche
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Self
 
-from orchestrator.eventstore.embedded.reader import Reader
+from orchestrator.eventstore.embedded.reader import Reader, selects
 from orchestrator.eventstore.errors import SubscriptionDropped
 from orchestrator.eventstore.types import (
     CaughtUp,
@@ -47,7 +48,7 @@ class Notifier:
         self._recent: deque[RecordedEvent] = deque(maxlen=RECENT_EVENTS)
 
     def recent(
-        self, after: int, upto: int, flt: EventFilter | None, limit: int
+        self, after: int, upto: int, flt: EventFilter | None, limit: int, system: bool = False
     ) -> tuple[list[RecordedEvent], int] | None:
         """Like ``Reader.read_all_page`` from memory, or None when ``after`` is older than what is kept."""
         recent = self._recent
@@ -56,7 +57,9 @@ class Notifier:
         first = recent[0].position.commit
         if after + 1 < first:
             return None
-        matches = (flt or _NO_FILTER).matches
+        matches: Callable[[str, str], bool] = (
+            functools.partial(selects, flt, system=True) if system else (flt or _NO_FILTER).matches
+        )
         out: list[RecordedEvent] = []
         scanned = after
         for event in itertools.islice(recent, after + 1 - first, None):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from kurrentdbclient import AsyncKurrentDBClient
 from kurrentdbclient import RecordedEvent as ClientRecordedEvent
+from kurrentdbclient.common import DEFAULT_PERSISTENT_SUB_MAX_ACK_BATCH_SIZE
 
 from orchestrator.eventstore.errors import (
     AppendTooLarge,
@@ -43,6 +44,7 @@ from orchestrator.eventstore.kurrent.subscriptions import (
     KurrentStreamSubscription,
 )
 from orchestrator.eventstore.kurrent.translate import translated
+from orchestrator.eventstore.port import DEFAULT_BUFFER_SIZE
 from orchestrator.eventstore.types import (
     MAX_APPEND_SIZE,
     AppendResult,
@@ -299,7 +301,11 @@ class KurrentEventStore:
         with translated(group=group):
             await self._c().delete_subscription(group, timeout=self._deadline)
 
-    async def read_subscription(self, group: str) -> KurrentPersistentSubscription:
+    async def read_subscription(
+        self, group: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE
+    ) -> KurrentPersistentSubscription:
+        if buffer_size < 1:
+            raise ValueError(f"a consumer's buffer size must be at least 1, not {buffer_size}")
         client = self._c()
         with translated(group=group):
             info = await client.get_subscription_info(group, timeout=self._deadline)
@@ -307,7 +313,14 @@ class KurrentEventStore:
         start = parse_all_position(info.start_from)
         with translated(group=group, max_subscribers=info.max_subscriber_count):
             async with asyncio.timeout(self._deadline):
-                sub = await client.read_subscription_to_all(group)
+                # The server keeps at most buffer_size unanswered events in flight to this consumer.
+                # The client sends acks in batches (or after max_ack_delay): a batch larger than the
+                # buffer could never fill, and every full buffer would wait out the delay.
+                sub = await client.read_subscription_to_all(
+                    group,
+                    event_buffer_size=buffer_size,
+                    max_ack_batch_size=min(buffer_size, DEFAULT_PERSISTENT_SUB_MAX_ACK_BATCH_SIZE),
+                )
         return KurrentPersistentSubscription(
             sub,
             group=group,

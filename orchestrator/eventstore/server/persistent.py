@@ -25,6 +25,20 @@ from orchestrator.eventstore.server.status import Unexpected, persistent_failure
 
 #: the header the client names its connection with (Constants.Headers.ConnectionName)
 _CONNECTION_NAME = "connection-name"
+#: streams $all never yields (EventFilter.DefaultAllFilterStrategy, Services/Storage/ReaderIndex/
+#: EventFilter.cs: AllReader reads and PersistentSubscriptionService.ProcessEventCommitted apply it, and
+#: every $all filter includes it); every other event, system events included, reaches $all groups
+_EPOCH_INFORMATION = "$epoch-information"
+_ALL_GROUP_STREAMS = "$persistentsubscription-$all::"
+
+
+def in_all(stream: str) -> bool:
+    """Whether a $all persistent subscription on the server delivers events of ``stream``."""
+    if not stream.startswith("$"):
+        return True
+    if stream == _EPOCH_INFORMATION:
+        return False
+    return not (stream.startswith(_ALL_GROUP_STREAMS) and stream.endswith(("-checkpoint", "-parked")))
 
 
 @dataclass(eq=False)
@@ -169,13 +183,22 @@ class PersistentSubscriptionsServicer:
             options = first.options
             stream, group = psconvert.source(options), options.group_name
             config = self._groups.get(stream, group)
-            consumer = await self._groups.connect(config)
+            if options.buffer_size < 1:
+                # The server sizes a bounded channel with it, which refuses a capacity below 1
+                # (PersistentStreamSubscriptionEnumerator); kurrentdbclient never sends one.
+                raise BadRequest(f"buffer_size must be at least 1, not {options.buffer_size}")
+            # buffer_size is the client's in-flight limit: ConnectToPersistentSubscriptionToAll/ToStream
+            # carry it as AllowedInFlightMessages, and PersistentSubscriptionClient pushes no more
+            # unanswered messages than that (PersistentSubscriptions.Read.cs,
+            # Services/PersistentSubscription/PersistentSubscriptionClient.cs).
+            consumer = await self._groups.connect(config, buffer_size=options.buffer_size)
             name = dict(context.invocation_metadata() or ()).get(_CONNECTION_NAME, "<unknown>")
             connection = _Connection(consumer, str(context.peer()), str(name), options.buffer_size)
             self._connections.setdefault(config.key, set()).add(connection)
             yield psconvert.confirmation(config.key)
             pump = asyncio.create_task(self._pump(requests, connection))
-            accepts = config.acceptor()
+            selects = config.acceptor()
+            accepts = (lambda e: in_all(e.stream) and selects(e)) if config.is_all else selects
             async for event in consumer:
                 if not accepts(event):
                     # The server never reads it for this group; done, so the checkpoint passes it.

@@ -119,8 +119,10 @@ class Groups:
             await self._store.delete_subscription(key)
 
     # --- consumers and state --------------------------------------------------------------------------
-    async def connect(self, config: GroupConfig) -> PersistentSubscription:
-        consumer: PersistentSubscription = await self._store.read_subscription(config.key)
+    async def connect(self, config: GroupConfig, *, buffer_size: int) -> PersistentSubscription:
+        consumer: PersistentSubscription = await self._store.read_subscription(
+            config.key, buffer_size=buffer_size
+        )
         return consumer
 
     async def replay_parked(self, config: GroupConfig) -> None:
@@ -186,8 +188,15 @@ class Groups:
                 after = Position(config.start - 1)
         elif after is None and config.start == -1:
             from_end = True  # a stream group from its end: nothing written before now can match
+        # System events too: the server reads a group's source as the system account, and $all groups
+        # get every event but what DefaultAllFilter denies (the Read call drops those).
         await self._store.create_subscription(
-            config.key, filter=flt, settings=config.settings, after=after, from_end=from_end
+            config.key,
+            filter=flt,
+            settings=config.settings,
+            after=after,
+            from_end=from_end,
+            system_events=True,
         )
 
     async def _save(self, configs: dict[str, GroupConfig]) -> None:
