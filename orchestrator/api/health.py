@@ -1,15 +1,16 @@
 """Health: ``/health/live`` checks nothing external; ``/health/ready`` means this process can serve its
 role (the event store answers); ``/health`` adds the read model and its lag (``degraded``, never a
 readiness failure: stale reads are better than no node at all); ``/health/cluster`` describes this node.
-Also ``/metrics``, the Prometheus exposition of the process registry (404 when switched off)."""
+Also ``/metrics``, the Prometheus exposition of the process registry (404 when switched off), in the plain
+text format or OpenMetrics as the scraper asks, with ``saga_dependency_up`` probed at each scrape."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Literal
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.api.common import deps, json_response
 from orchestrator.api.deps import ApiDeps
@@ -27,6 +28,7 @@ from orchestrator.api.routes import Reply, Route
 from orchestrator.app.ports import ReadModelUnavailable
 from orchestrator.eventstore.errors import EventStoreError
 from orchestrator.eventstore.types import Position, SubscriptionInfo
+from orchestrator.observability.metrics import dependency_family, exposition
 
 PING_TIMEOUT_S = 2.0
 Status = Literal["ok", "degraded", "down"]
@@ -138,11 +140,28 @@ async def cluster(request: web.Request) -> web.Response:
     return json_response(ClusterReport(status=status, node=node, nodes=[node]))
 
 
+async def _reachable(d: ApiDeps) -> dict[str, bool]:
+    """The event store, and Redis where this process serves reads, probed as ``/health`` probes them."""
+    with contextlib.ExitStack() as quiet:
+        if d.tracer_provider is not None:
+            # A scrape every few seconds is not worth a trace of Redis commands each.
+            from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+            quiet.enter_context(suppress_instrumentation())
+        store, (read_model, _) = await asyncio.gather(_store_check(d), _read_model_position(d))
+    found = {"event_store": store.status == "ok"}
+    if read_model.status != "absent":
+        found["redis"] = read_model.status == "ok"
+    return found
+
+
 async def metrics(request: web.Request) -> web.Response:
-    if not deps(request).settings.observability.metrics_enabled:
+    d = deps(request)
+    if not d.settings.observability.metrics_enabled:
         raise Problem(404, "not-found", "metrics are switched off (observability.metrics_enabled)")
-    body = generate_latest(deps(request).registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    measured = dependency_family(await _reachable(d))
+    body, content_type = exposition(d.registry, request.headers.get("Accept", ""), [measured])
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 ROUTES = (
@@ -191,9 +210,9 @@ ROUTES = (
         "/metrics",
         metrics,
         "metrics",
-        "Prometheus exposition",
+        "Prometheus exposition (OpenMetrics, with exemplars, for Accept: application/openmetrics-text)",
         "health",
-        {200: Reply("text exposition format", media="text/plain", schema={"type": "string"})},
+        {200: Reply("text exposition format, or OpenMetrics", media="text/plain", schema={"type": "string"})},
         problems=(404,),
         tenant_scoped=False,
     ),

@@ -3,22 +3,27 @@ exemplars that name the attempt's trace, and the dependency probes taken at each
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from prometheus_client.samples import Sample
 
+from orchestrator.api.app import create_app
 from orchestrator.app.ports import ReadModelUnavailable
 from orchestrator.eventstore.types import Position
 from orchestrator.settings import ObservabilitySettings
 from tests.api.conftest import Api, ApiFactory, problem
-from tests.api.test_tracing import until
 from tests.seed import SEED_DEFINITION, SEED_START
 
 #: what Prometheus 2.x sends when it scrapes
@@ -26,6 +31,13 @@ PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,"
     "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
 )
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 def _traced(**provider_args: Any) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -61,7 +73,9 @@ async def test_step_durations_carry_the_attempts_trace_as_exemplars(make_api: Ap
     provider, exporter = _traced()
     api = await make_api(tracer_provider=provider)
     await _completed_saga(api)
-    await until(lambda: len([s for s in exporter.get_finished_spans() if s.name.startswith("saga.step ")]) == 3)
+    await until(
+        lambda: len([s for s in exporter.get_finished_spans() if s.name.startswith("saga.step ")]) == 3
+    )
     steps = [s for s in exporter.get_finished_spans() if s.name.startswith("saga.step ")]
     attempts = {
         (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
@@ -118,8 +132,11 @@ async def test_content_negotiation(api: Api) -> None:
         "application/openmetrics-text": "application/openmetrics-text; version=1.0.0",
         OPENMETRICS: "application/openmetrics-text; version=1.0.0",
         PROMETHEUS_ACCEPT: "application/openmetrics-text; version=1.0.0",
-        # Listed first, the versioned plain text format wins.
-        "text/plain;version=0.0.4,application/openmetrics-text": "text/plain; version=0.0.4",
+        "text/plain, application/openmetrics-text": "application/openmetrics-text; version=1.0.0",
+        # The scraper's preferences are honoured, and OpenMetrics' old draft is not served as 1.0.0.
+        "text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.5": "text/plain; version=0.0.4",
+        "application/openmetrics-text;q=0": "text/plain; version=0.0.4",
+        "application/openmetrics-text; version=0.0.1": "text/plain; version=0.0.4",
     }
     for accept, expected in cases.items():
         content_type, body = await _scrape(api, accept)
@@ -130,13 +147,21 @@ async def test_content_negotiation(api: Api) -> None:
         assert "saga_step_duration_seconds" in {f.name for f in parse(body)}
 
 
-async def test_switched_off_metrics_answer_404_in_every_format(make_api: ApiFactory) -> None:
-    api = await make_api()
-    settings = api.deps.settings.model_copy(update={"observability": ObservabilitySettings(metrics_enabled=False)})
-    off = await make_api(settings=settings)
-    for accept in (None, "text/plain", OPENMETRICS):
-        response = await off.client.get("/metrics", headers={"Accept": accept} if accept else {})
-        await problem(response, 404)
+async def test_switched_off_metrics_answer_404_in_every_format(api: Api) -> None:
+    off = ObservabilitySettings(metrics_enabled=False)
+    deps = dataclasses.replace(
+        api.deps,
+        settings=api.deps.settings.model_copy(update={"observability": off}),
+        registry=CollectorRegistry(),  # the app registers its own metrics in it
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(deps), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        for accept in (None, "text/plain", OPENMETRICS):
+            response = await client.get("/metrics", headers={"Accept": accept} if accept else {})
+            await problem(response, 404)
+    finally:
+        await client.close()
 
 
 def _dependencies(body: str) -> dict[str, float]:
@@ -159,9 +184,7 @@ class _RedisDown:
         raise ReadModelUnavailable("Redis is unreachable")
 
 
-async def test_the_scrape_probes_redis_where_reads_are_served(
-    api_rm: Api, make_api: ApiFactory
-) -> None:
+async def test_the_scrape_probes_redis_where_reads_are_served(api_rm: Api, make_api: ApiFactory) -> None:
     _, body = await _scrape(api_rm, None)
     assert _dependencies(body) == {"event_store": 1.0, "redis": 1.0}
     down = await make_api(read_models=_RedisDown())
