@@ -6,6 +6,7 @@ saga-orchestrator definitions register FILE
 saga-orchestrator projections rebuild
 saga-orchestrator api-keys create|list|rotate|revoke …
 saga-orchestrator audit export [--since TIME] [--until TIME]
+saga-orchestrator auth keypair|token …
 saga-orchestrator eventstore streams|stream|subscriptions|parked …
 saga-orchestrator eventstore serve [--data-dir DIR] [--host HOST] [--port PORT]
 saga-orchestrator dev [--engines N] [--apis N] [--data-dir DIR]
@@ -102,6 +103,22 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--url", help="the service's base URL (default: from the settings)")
     export.add_argument("--tenant", help="X-Tenant-Id to send (auth mode trusted-header)")
 
+    auth = sub.add_parser("auth", help="a local key pair and tokens for the jwt auth mode (development)")
+    ausub = auth.add_subparsers(dest="action", required=True)
+    local = WORKS_ON + "local files only (never the service)"
+    pair = ausub.add_parser("keypair", help="write OUT.key (private) and OUT.pub (public)", description=local)
+    pair.add_argument("--out", default="jwt", metavar="OUT", help="the files' name (default: jwt)")
+    mint = ausub.add_parser("token", help="a token signed with the private key, on stdout", description=local)
+    mint.add_argument("--key", default="jwt.key", metavar="FILE", help="the private key (default: jwt.key)")
+    mint.add_argument("--tenant", required=True)
+    mint.add_argument("--subject", required=True, help="the actor (sub)")
+    mint.add_argument("--roles", required=True, metavar="ROLE[,ROLE]")
+    mint.add_argument(
+        "--issuer", default="saga-orchestrator-dev", help="iss (default: saga-orchestrator-dev)"
+    )
+    mint.add_argument("--audience", default="saga-orchestrator", help="aud (default: %(default)s)")
+    mint.add_argument("--expires-in-s", type=int, default=3600, metavar="S", help="default: 3600")
+
     store = sub.add_parser("eventstore", help="the event store: read-only views, and serving it over gRPC")
     ssub = store.add_subparsers(dest="action", required=True)
     streams = ssub.add_parser("streams", help="streams of a category", description=STORE)
@@ -150,6 +167,17 @@ def log_notes(notes: Sequence[Note]) -> None:
             log.info(note.event, detail=note.message)
 
 
+def _auth(args: argparse.Namespace) -> int:
+    from orchestrator.cli import dev_tokens
+
+    try:
+        print(dev_tokens.keypair(args.out) if args.action == "keypair" else dev_tokens.token(args))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     """The roles as processes on the local server (orchestrator.dev); the first API on the configured port."""
     from orchestrator import dev
@@ -162,7 +190,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         args.data_dir or settings.event_store.data_dir,
         topology=dev.Topology(apis=args.apis, engines=args.engines),
         redis_url=settings.redis.url,
-        services={n: s.model_dump(mode="json") for n, s in settings.services.items()},
+        configured=sorted(settings.services),
         demo=settings.demo.enabled != "off",
         environment=environment,
         api_port=settings.server.port,
@@ -200,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "dev":
         return _dev(args, settings)
+    if args.command == "auth":
+        return _auth(args)
     try:
         return asyncio.run(commands.dispatch(args, settings))
     except commands.CliError as e:

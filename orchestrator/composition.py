@@ -23,11 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.api.app import create_app
 from orchestrator.api.deps import ApiDeps, NodeInfo
+from orchestrator.api.jwt_auth import JwtVerifier, KeyConfigError
 from orchestrator.app.audit import AuditTrail
 from orchestrator.app.commands import SagaCommands
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
+from orchestrator.engine.service_auth import ServiceKeyError, json_jwks, public_der, signers, ssl_context
 from orchestrator.engine.timers import TimerIndex
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.port import EventStore
@@ -98,6 +100,26 @@ def warn_about_auth(settings: Settings, roles: tuple[str, ...]) -> None:
         log.info("auth_jwt_secret_not_used", detail=f"auth.jwt.secret is set but auth.mode is {auth.mode}")
 
 
+def check_service_keys(settings: Settings, services: dict[str, ServiceConfig]) -> bytes:
+    """Load every service's signing key and TLS files (a ServiceKeyError names the setting), refuse a
+    signing key whose public half also verifies this service's inbound tokens, and return the JWKS the
+    participants verify the engine's tokens with."""
+    for name, config in services.items():
+        if config.tls is not None:
+            ssl_context(name, config.tls)
+    inbound: set[bytes] = set()
+    if settings.auth.mode == "jwt":
+        verifier = JwtVerifier(settings.auth.jwt)
+        inbound = {public_der(k) for k in verifier.static_keys}
+    for name, signer in signers(services).items():
+        if public_der(signer.key.public_key()) in inbound:
+            raise ServiceKeyError(
+                f"services.{name}.token.private_key_file: its public key also verifies inbound tokens "
+                "(auth.jwt); use a key of its own"
+            )
+    return json_jwks(services)
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -116,7 +138,16 @@ def roles_of(role: str) -> tuple[str, ...]:
 
 
 async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM / SIGINT; then stop taking work, let calls in flight finish, exit 0."""
+    """Run until SIGTERM / SIGINT; then stop taking work, let calls in flight finish, exit 0 (2 when a
+    configured key or certificate cannot be used)."""
+    try:
+        return await _serve(settings, role, ready)
+    except (KeyConfigError, ServiceKeyError) as e:
+        log.error("configuration_error", detail=str(e))
+        return 2
+
+
+async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> int:
     roles = roles_of(role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -148,6 +179,8 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
             redis = EmbeddedRedis(settings.event_store.data_dir / "redis")
             redis_url = await asyncio.to_thread(redis.start)
             stack.callback(redis.stop)
+        # Keys and certificates for calls to participants: checked now, not at the first call.
+        service_jwks = check_service_keys(settings, services)
         executor = ExecutorRouter(http=HttpExecutor(services, tracer_provider=provider))
         stack.push_async_callback(executor.close)
         node = NodeInfo(node_id=uuid.uuid4().hex[:12], version=_version(), roles=roles)
@@ -210,6 +243,7 @@ async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = 
         )
         app = create_app(
             ApiDeps(
+                service_jwks=service_jwks,
                 store=store,
                 commands=commands,
                 registry=registry,

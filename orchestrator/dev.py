@@ -197,9 +197,10 @@ class Deployment:
 
     Every role gets ``base_environment`` (default: this process's), then ``environment`` (engine tuning,
     log format), then what the deployment sets itself (store URL, Redis, port, its own data directory).
-    ``services`` is the service registry the roles get (``ServiceConfig`` fields by service name); with
-    ``demo`` the demo participants run as a process of their own and fill in the names the registry
-    lacks, as they do in an embedded ``serve``."""
+    ``services`` is a service registry the roles get on top of their own settings (``ServiceConfig``
+    fields by service name); with ``demo`` the demo participants run as a process of their own and fill
+    in the names neither has (``configured``: the names the roles' settings have), as in an embedded
+    ``serve``."""
 
     def __init__(
         self,
@@ -210,6 +211,7 @@ class Deployment:
         redis_url: str = "",
         services: Mapping[str, Mapping[str, Any]] | None = None,
         demo: bool = True,
+        configured: Sequence[str] = (),
         environment: Mapping[str, str] | None = None,
         base_environment: Mapping[str, str] | None = None,
         api_port: int = 0,
@@ -221,6 +223,8 @@ class Deployment:
         self._redis_url = redis_url
         self._services = {name: dict(config) for name, config in (services or {}).items()}
         self._demo = demo
+        #: service names the roles' own settings already have (the demo does not replace them)
+        self._configured = frozenset(configured)
         self._environment = dict(environment or {})
         self._base = dict(base_environment if base_environment is not None else os.environ)
         self._api_port = api_port
@@ -283,7 +287,9 @@ class Deployment:
         self.store_url = await self.store.start(self.directory / "eventstore", self._sink)
         self._cleanup.append(self.store.stop)
         self.redis_url = self._redis_url or await self._start_redis()
-        services = {**(await self._start_demo() if self._demo else {}), **self._services}
+        demo = await self._start_demo() if self._demo else {}
+        # Only what the roles' own configuration lacks: they read the rest (secrets included) themselves.
+        services = {n: c for n, c in demo.items() if n not in self._configured} | self._services
         for name, role in self.topology.names():
             port = self._api_port if role == "api" and not self.names_of("api") and self._api_port else 0
             await self._start_role(name, role, port or free_port(), services)

@@ -46,7 +46,40 @@ OutcomeOverride = Literal["succeeded", "rejected", "transient", "misconfigured"]
 class ServiceAuth(_Strict):
     #: a header sent with every call, e.g. ``Authorization: Bearer …`` (value may come from ``${VAR}``)
     header: str = "Authorization"
-    value: str
+    #: a secret: never printed (``SecretStr``), sent only to this service
+    value: SecretStr
+
+
+class ServiceToken(_Strict):
+    """A short-lived signed token per call (JWT): ``aud`` the service, ``exp`` within the attempt's
+    deadline, the tenant, saga, step, phase and attempt as claims. The participant verifies it with the
+    public half of ``private_key_file`` (served at ``/.well-known/jwks.json``); this key must never be one
+    that signs the tokens this service accepts (a start-up check refuses it)."""
+
+    private_key_file: Path
+    algorithm: Literal["RS256", "PS256", "ES256", "EdDSA"] = "ES256"
+    issuer: str = "saga-orchestrator"
+    #: default: the service's name
+    audience: str = ""
+    #: the JWK ``kid`` (default: derived from the public key)
+    kid: str = ""
+    header: str = "Authorization"
+    #: the longest a token lives, however long the attempt's deadline
+    max_ttl_s: float = Field(default=300.0, gt=0, le=3600)
+
+
+class ServiceTls(_Strict):
+    """TLS to the service: the CA that signs its certificate, and a client certificate (mTLS)."""
+
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
 
 
 class ServiceConfig(_Strict):
@@ -59,6 +92,8 @@ class ServiceConfig(_Strict):
     pool_acquire_timeout_ms: int = Field(default=1_000, ge=1, le=600_000)
     connect_timeout_ms: int = Field(default=2_000, ge=1, le=600_000)
     auth: ServiceAuth | None = None
+    token: ServiceToken | None = None
+    tls: ServiceTls | None = None
     #: per-status overrides of the outcome table, e.g. {"409": "rejected"}
     outcomes: dict[str, OutcomeOverride] = Field(default_factory=dict)
     #: the longest Retry-After honoured (seconds)

@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from orchestrator.api import admin, api_keys, audit, definitions, health, instances, interventions, stream
+from orchestrator.api import (
+    admin,
+    api_keys,
+    audit,
+    definitions,
+    health,
+    instances,
+    interventions,
+    service_keys,
+    stream,
+)
 from orchestrator.api.deps import API_KEYS, AUDIT, AUTH, DEPS, OPERATIONS, SAGAS, ApiDeps
 from orchestrator.api.middleware import observe, request_histogram
 from orchestrator.api.openapi import OPENAPI, ROUTE, build_openapi
@@ -34,6 +44,7 @@ ROUTES: tuple[Route, ...] = (
     *admin.ROUTES,
     *api_keys.ROUTES,
     *audit.ROUTES,
+    *service_keys.ROUTES,
     ROUTE,
 )
 

@@ -47,6 +47,8 @@ class ApiDeps:
     projector: Projector | None = None
     #: None: tracing off (no server spans)
     tracer_provider: TracerProvider | None = None
+    #: the JWKS participants verify the engine's per-call tokens with (``/.well-known/jwks.json``)
+    service_jwks: bytes = b'{"keys": []}'
     sse_keepalive_s: float = 15.0
     #: events buffered per SSE client; a client that falls further behind is disconnected and resumes
     sse_queue_size: int = 256

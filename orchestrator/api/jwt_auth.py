@@ -44,6 +44,10 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 Key = PublicKey | bytes
 
 
+class KeyConfigError(ValueError):
+    """A configured key cannot be used; the message names the setting, never the key."""
+
+
 class TokenRejected(Exception):
     """Why a token was refused: ``reason`` is a metric label, ``description`` the RFC 6750
     ``error_description`` (fixed words; nothing from the token)."""
@@ -79,7 +83,7 @@ def _configured_key(where: str, pem: bytes) -> PublicKey:
         return load_public_key(pem)
     except (ValueError, TypeError):
         # Never the key's text in the message: settings errors are logged.
-        raise ValueError(f"{where}: not a PEM RSA, EC, Ed25519 or Ed448 public key") from None
+        raise KeyConfigError(f"{where}: not a PEM RSA, EC, Ed25519 or Ed448 public key") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,9 @@ class JwtVerifier:
             try:
                 data = path.read_bytes()
             except OSError as e:
-                raise ValueError(f"auth.jwt.public_key_files[{i}]: cannot be read ({e.strerror})") from None
+                raise KeyConfigError(
+                    f"auth.jwt.public_key_files[{i}]: cannot be read ({e.strerror})"
+                ) from None
             static.append(_configured_key(f"auth.jwt.public_key_files[{i}]", data))
         self._static = tuple(static)
         self.jwks = jwks
@@ -216,6 +222,11 @@ class JwtVerifier:
                 min_refresh_s=settings.jwks_min_refresh_s,
                 timeout_s=settings.jwks_timeout_s,
             )
+
+    @property
+    def static_keys(self) -> tuple[PublicKey, ...]:
+        """The PEM public keys of the settings (the composition root checks no outbound key is one)."""
+        return self._static
 
     async def close(self) -> None:
         if self.jwks is not None:

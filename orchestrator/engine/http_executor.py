@@ -22,6 +22,7 @@ from opentelemetry.trace import TracerProvider
 
 from orchestrator.domain.outcomes import may_have_taken_effect
 from orchestrator.engine.calls import CallResult, OutcomeKind, Phase, StepCall, classify
+from orchestrator.engine.service_auth import TokenSigner, ssl_context
 from orchestrator.observability.instrumentation import client_trace_configs
 from orchestrator.settings import ServiceConfig
 
@@ -62,10 +63,16 @@ class _Service:
     def __init__(self, name: str, config: ServiceConfig, tracer_provider: TracerProvider | None) -> None:
         self.name = name
         self.config = config
+        self.signer = TokenSigner.load(name, config.token) if config.token is not None else None
+        tls = ssl_context(name, config.tls) if config.tls is not None else None
         # Our own gate in front of aiohttp's pool, so waiting for a connection is bounded and observable.
         self.slots = asyncio.Semaphore(config.pool_limit)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.pool_limit, limit_per_host=config.pool_limit),
+            connector=aiohttp.TCPConnector(
+                limit=config.pool_limit,
+                limit_per_host=config.pool_limit,
+                ssl=tls if tls is not None else True,
+            ),
             auto_decompress=True,
             # With tracing on, a client span below the attempt's span; it sends its own traceparent.
             trace_configs=client_trace_configs(tracer_provider) or None,
@@ -136,7 +143,9 @@ class HttpExecutor:
         if call.traceparent:
             headers["traceparent"] = call.traceparent
         if config.auth is not None:
-            headers[config.auth.header] = config.auth.value
+            headers[config.auth.header] = config.auth.value.get_secret_value()
+        if service.signer is not None:
+            headers[service.signer.settings.header] = f"Bearer {service.signer.token(call)}"
         timeout = aiohttp.ClientTimeout(
             total=min(call.timeout, remaining), sock_connect=config.connect_timeout_ms / 1000
         )

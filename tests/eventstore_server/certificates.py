@@ -22,6 +22,9 @@ class Certificates:
     ca: Path
     cert: Path
     key: Path
+    #: a client certificate signed by the same CA (for mutual TLS), when asked for
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 def _name(common_name: str) -> x509.Name:
@@ -52,8 +55,19 @@ def _alternative_names(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(general)
 
 
-def make_certificates(directory: Path, *, names: tuple[str, ...] = SERVER_NAMES) -> Certificates:
-    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (unencrypted PKCS#8) into ``directory``."""
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def make_certificates(
+    directory: Path, *, names: tuple[str, ...] = SERVER_NAMES, client: bool = False
+) -> Certificates:
+    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (unencrypted PKCS#8) into ``directory``, and
+    with ``client`` also ``client.pem`` and ``client.key`` (for client authentication)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -87,9 +101,23 @@ def make_certificates(directory: Path, *, names: tuple[str, ...] = SERVER_NAMES)
     files = Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+    _write_key(files.key, key)
+    if not client:
+        return files
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("saga orchestrator engine"))
+        .issuer_name(ca.subject)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(sign_certificates=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
     )
-    return files
+    (directory / "client.pem").write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(directory / "client.key", client_key)
+    return Certificates(files.ca, files.cert, files.key, directory / "client.pem", directory / "client.key")

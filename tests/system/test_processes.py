@@ -26,7 +26,7 @@ import pytest
 from orchestrator.dev import Topology
 from tests.e2e.crash_support import DEFINITIONS, RATES, REJECTABLE, SERVICES, answered_to_the_dead, status_of
 from tests.faults.checker import PAUSED, TERMINAL, check
-from tests.faults.participant import FaultParticipants
+from tests.faults.participant import FaultParticipants, ParticipantRates
 from tests.system.deployment import (
     deployment,
     eventually,
@@ -209,3 +209,53 @@ async def test_a_revoked_api_key_is_refused_by_every_api_process_within_seconds(
         for name in ("eventstore", *sorted(deploy.roles)):
             print(f"--- {name}\n{logs.tail(name)}")
         raise
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_tenants_in_flight_cap_holds_across_api_processes(tmp_path: Path) -> None:
+    """The cap is counted by the shared read models: sagas started through one API process count against
+    a start through the other; another tenant is not held back."""
+    # Every call hangs past its deadline: the sagas stay running, then compensating, for many seconds.
+    participants = FaultParticipants(SEED, ParticipantRates(hang=0.99, hang_s=5), rejectable=set())
+    await participants.start()
+    deploy, logs = deployment(
+        tmp_path,
+        store_process("local-server"),
+        {s: participants.url(s) for s in SERVICES},
+        topology=Topology(apis=2, engines=1, projectors=1),
+        SAGA_AUTH__MODE="trusted-header",
+        SAGA_AUTH__TENANT_LIMITS__MAX_IN_FLIGHT="2",
+    )
+    acme = {"X-Tenant-Id": "acme", "X-Roles": "admin"}
+    globex = {"X-Tenant-Id": "globex", "X-Roles": "admin"}
+    body = {"saga_name": "order-fanout", "context": {"order_id": "o", "amount": 1}}
+    try:
+        async with deploy, aiohttp.ClientSession() as http:
+            first, second = deploy.api_urls
+            for tenant in (acme, globex):
+                definition = DEFINITIONS["order-fanout"]
+                async with http.post(
+                    f"{first}/api/v1/sagas/definitions", json=definition, headers=tenant
+                ) as r:
+                    assert r.status == 201, await r.text()
+            for _ in range(2):
+                async with http.post(f"{first}/api/v1/sagas/instances", json=body, headers=acme) as r:
+                    assert r.status == 201, await r.text()
+
+            async def counted_on_the_other() -> bool:
+                async with http.get(f"{second}/api/v1/sagas/metrics", headers=acme) as r:
+                    return r.status == 200 and (await r.json())["by_status"].get("running", 0) >= 2
+
+            await eventually(counted_on_the_other, within=10, every=0.05, what="the read models counting")
+            async with http.post(f"{second}/api/v1/sagas/instances", json=body, headers=acme) as r:
+                assert r.status == 429, await r.text()
+                assert r.headers["Retry-After"] == "1"
+            async with http.post(f"{second}/api/v1/sagas/instances", json=body, headers=globex) as r:
+                assert r.status == 201, await r.text()
+    except BaseException:
+        for name in ("eventstore", *sorted(deploy.roles)):
+            print(f"--- {name}\n{logs.tail(name)}")
+        raise
+    finally:
+        await participants.close()

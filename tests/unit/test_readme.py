@@ -40,7 +40,7 @@ def test_the_configuration_example_loads(tmp_path: Path, monkeypatch: pytest.Mon
     settings = load_settings()
     assert settings.services["order-service"].base_url == "http://orders.internal:8080"
     assert settings.services["payment-service"].auth is not None
-    assert settings.services["payment-service"].auth.value == "Bearer dev"
+    assert settings.services["payment-service"].auth.value.get_secret_value() == "Bearer dev"
     assert settings.services["payment-service"].outcomes == {"409": "rejected"}
     assert settings.engine.max_in_flight == 1000
 
@@ -149,5 +149,5 @@ def test_the_cli_table_is_what_help_says() -> None:
         usage = leaf.format_usage().strip().removeprefix("usage: ").replace(" [-h]", "")
         assert leaf.description is not None
         expected.append((usage, help_text, leaf.description.removeprefix("works on: ")))
-    assert len(expected) == 15
+    assert len(expected) == 17
     assert [(c.strip("`"), h, w) for c, h, w in _table("| command ")] == expected
