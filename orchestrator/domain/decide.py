@@ -212,6 +212,21 @@ def _fire(state: SagaState, message: FireTimer, now: datetime, tuning: Tuning) -
             consequences = _action_failure(
                 after, timer.step, "the attempt's deadline passed", DEADLINE_PASSED, True, None, tuning
             )
+        elif call.attempt == timer.attempt and timer.attempt not in call.recorded:
+            # An earlier attempt's late success ended the call while this one was in flight: its outcome
+            # is now unknown, a fact that changes nothing but what a rollback undoes (its key, if new).
+            consequences = [
+                StepAttemptFailed(
+                    timer.step,
+                    timer.attempt,
+                    DEADLINE_PASSED,
+                    "the attempt's deadline passed",
+                    retryable=True,
+                    outcome_unknown=True,
+                    retry_in_ms=None,
+                    late=True,
+                )
+            ]
     elif timer.kind is TimerKind.COMPENSATION_DEADLINE:
         comp = after.steps[timer.step].compensation
         if comp.status is CallStatus.RUNNING and comp.attempt == timer.attempt:

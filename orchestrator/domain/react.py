@@ -23,7 +23,14 @@ from orchestrator.domain.requests import (
     legacy_compensation_body,
     sha256_hex,
 )
-from orchestrator.domain.state import CallState, SagaState, is_terminal, needs_compensation, pivot_succeeded
+from orchestrator.domain.state import (
+    CallState,
+    SagaState,
+    action_in_flight,
+    is_terminal,
+    needs_compensation,
+    pivot_succeeded,
+)
 from orchestrator.domain.timing import Tuning
 from orchestrator.domain.vocabulary import CallStatus, Phase, SagaStatus
 
@@ -111,7 +118,7 @@ def _forward(state: SagaState, now: datetime, tuning: Tuning) -> list[Command]:
 def _dependents_settled(state: SagaState, name: str) -> bool:
     for dependent in state.definition.descendants(name):
         st = state.steps[dependent]
-        if st.action.status is CallStatus.RUNNING:
+        if action_in_flight(state, dependent):
             return False
         if needs_compensation(state, dependent) and st.compensation.status not in _DONE:
             return False
@@ -127,7 +134,7 @@ def _backward(state: SagaState, now: datetime, tuning: Tuning) -> list[Command]:
     starts: list[Command] = []
     for spec in definition.steps:
         st = state.steps[spec.name]
-        if not needs_compensation(state, spec.name) or st.action.status is CallStatus.RUNNING:
+        if not needs_compensation(state, spec.name) or action_in_flight(state, spec.name):
             continue
         comp = st.compensation
         if (comp.status is CallStatus.IDLE and _dependents_settled(state, spec.name)) or _retry_due(
@@ -137,7 +144,7 @@ def _backward(state: SagaState, now: datetime, tuning: Tuning) -> list[Command]:
     if starts:
         return starts
     settled = all(
-        st.action.status is not CallStatus.RUNNING
+        not action_in_flight(state, name)
         and (not needs_compensation(state, name) or st.compensation.status in _DONE)
         for name, st in state.steps.items()
     )

@@ -180,6 +180,16 @@ def pivot_succeeded(state: SagaState) -> bool:
     return pivot is not None and state.steps[pivot.name].action.status is CallStatus.SUCCEEDED
 
 
+def action_in_flight(state: SagaState, name: str) -> bool:
+    """An attempt of the step's action may still be under way: its call runs, or an earlier attempt's
+    late success ended the call while the current attempt was in flight and its deadline has not passed.
+    Nothing is compensated under such an attempt (design.md §4: unknown only after its deadline)."""
+    call = state.steps[name].action
+    if call.status is CallStatus.RUNNING:
+        return True
+    return timer_id(state.saga_id, TimerKind.ATTEMPT_DEADLINE, name, call.attempt) in state.timers
+
+
 def needs_compensation(state: SagaState, name: str) -> bool:
     """Every succeeded step and every step whose outcome is unknown, if it has a compensation at all."""
     return state.definition.step(name).compensation is not None and state.steps[name].possibly_effective
@@ -253,7 +263,10 @@ def evolve(state: SagaState, event: Event, recorded_at: datetime) -> SagaState:
             output = step.output
             if call.status not in (CallStatus.SUCCEEDED, CallStatus.SKIPPED):
                 call, output = replace(call, status=CallStatus.SUCCEEDED, retry_at=None), event.output
-            timers = _drop(s.timers, kinds={TimerKind.ATTEMPT_DEADLINE, TimerKind.RETRY}, step=event.step)
+            # Only this attempt's deadline: when this success came late, a later attempt may still be in
+            # flight, and its deadline stays so that a rollback waits for it (see `action_in_flight`).
+            timers = _drop(s.timers, kinds={TimerKind.RETRY}, step=event.step)
+            timers.pop(timer_id(s.saga_id, TimerKind.ATTEMPT_DEADLINE, event.step, event.attempt), None)
             new_step = _maybe_effective(
                 replace(step, action=call, output=output), step.action.key_of(event.attempt)
             )

@@ -3,8 +3,8 @@
 Pure, like the projectors. The projectors wrote each fact with the revision it happened at, so the facts
 that depend on order are settled here exactly as the domain's fold settles them:
 
-- a person's retry / resume resets the call (of the phase the saga was in then) unless the call changed
-  after it; a skip marks it skipped;
+- a person's last retry / resume of a call (of the phase the saga was in then) resets it unless the call
+  changed after it; a skip marks it skipped;
 - a retry that was waiting when the rollback started is failed ("cancelled by compensation");
 - a step blocked before an abort is failed;
 - a paused saga that a person let go on (by naming one step) is paused only while a call of its phase is
@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from projections.projectors.keys import TERMINAL_PHASES, call_field
+from projections.projectors.keys import INTERVENTION_PREFIX, TERMINAL_PHASES, call_field
 from projections.projectors.saga_detail import ACTION, COMPENSATION
 from projections.views import CallView, SagaSummary, SagaView, StepView
 
@@ -53,6 +53,13 @@ class _Fold:
         self.raw = raw
         self.comp_rev = _int(raw, "comp_rev")
         self.abort_rev = _int(raw, "abort_rev")
+        # Each step's manual commands as (revision, command), from one field per command.
+        self.manual: dict[str, list[tuple[int, str]]] = {}
+        for name, value in raw.items():
+            if name.startswith(INTERVENTION_PREFIX):
+                command, steps = json.loads(value)
+                for step in steps:
+                    self.manual.setdefault(step, []).append((int(name[len(INTERVENTION_PREFIX) :]), command))
 
     def forward_at(self, revision: int) -> bool:
         """Whether the saga was still going forward (not rolling back) at ``revision``."""
@@ -68,14 +75,20 @@ class _Fold:
         status = f("status") or "idle"
         rev = int(f("rev") or -1)
         error = f("error")
-        manual = raw.get(f"m.{step}")
-        if manual is not None:
-            manual_rev, command = json.loads(manual)
-            if (phase == ACTION) == self.forward_at(manual_rev):
-                if command == "skip":
-                    status, rev = "skipped", max(rev, manual_rev)
-                elif manual_rev > rev:
-                    status, rev = "idle", manual_rev
+        manual = list(self.manual.get(step, ()))
+        legacy = raw.get(f"m.{step}")
+        if legacy is not None:
+            # A hash projected before `intervention.*` fields holds only the step's latest command here.
+            manual.append(tuple(json.loads(legacy)))
+        # Only the call of the phase the saga was in is changed, by the last command of that phase (a
+        # rollback's command never undoes what a forward one did to the action).
+        mine = [m for m in manual if (phase == ACTION) == self.forward_at(m[0])]
+        if mine:
+            manual_rev, command = max(mine)
+            if command == "skip":
+                status, rev = "skipped", max(rev, manual_rev)
+            elif manual_rev > rev:
+                status, rev = "idle", manual_rev
         if phase == ACTION and status == "retry_wait" and _after(self.comp_rev, rev):
             status, error = "failed", "cancelled by compensation"
         if phase == ACTION and status == "blocked" and _after(self.abort_rev, rev):

@@ -5,8 +5,9 @@ Per tenant ``t``:
 
 - ``t:saga:{id}`` — hash, the saga detail: scalar fields, plus flat per-call fields ``a.{step}.status`` /
   ``c.{step}.status`` … (``a`` = action, ``c`` = compensation) so that every event writes only the fields
-  it knows (no read-modify-write in Python); :mod:`projections.queries` assembles the view. Its ``phase``
-  and ``pause`` fields drive the index moves. Expires at terminal event time + retention.
+  it knows (no read-modify-write in Python), and one field ``intervention.{revision}`` per person's
+  command; :mod:`projections.queries` assembles the view. Its ``phase`` and ``pause`` fields drive the
+  index moves. Expires at terminal event time + retention.
 - ``t:idx:all`` / ``t:idx:def:{name}`` — every saga / per definition, scored by start time (ms).
 - ``t:idx:phase:{running|compensating}`` — open sagas by phase, scored by start time; a paused saga stays
   in its phase's index (its phase is not in the pause event, so the index cannot be chosen on resume).
@@ -81,6 +82,15 @@ def call_field(phase: str, step: str, name: str) -> str:
     """``a.{step}.{name}`` (action) or ``c.{step}.{name}`` (compensation). Step names may hold dots but
     ``name`` never does, so the field is unambiguous; readers build it from the step names, never split it."""
     return f"{phase}.{step}.{name}"
+
+
+INTERVENTION_PREFIX = "intervention."
+
+
+def intervention_field(revision: int) -> str:
+    """``intervention.{revision}``: a person's command at that revision, ``[command, [step, …]]``. Keyed by
+    revision, not by step, so that a command of the rollback never overwrites one of the forward phase."""
+    return f"{INTERVENTION_PREFIX}{revision}"
 
 
 def ms(at: datetime) -> float:

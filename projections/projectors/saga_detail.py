@@ -34,7 +34,15 @@ from orchestrator.domain.events import (
 )
 from orchestrator.domain.vocabulary import ManualCommand, Phase
 from orchestrator.eventstore import RecordedEvent
-from projections.projectors.keys import call_field, decode_saga_event, dumps, iso, ms, saga_key
+from projections.projectors.keys import (
+    call_field,
+    decode_saga_event,
+    dumps,
+    intervention_field,
+    iso,
+    ms,
+    saga_key,
+)
 from projections.updates import ExpireAt, HSet, Update
 
 __all__ = ["ACTION", "COMPENSATION", "SagaDetailProjector"]
@@ -128,10 +136,9 @@ class SagaDetailProjector:
             case ManualInterventionApplied():
                 if e.command is not ManualCommand.RESOLVE:  # resolve only ends the saga (next event)
                     fields.update(reason=e.reason, mia_rev=rev)
-                    for step in e.steps:
-                        # Which call it resets (action or compensation) depends on the phase the saga
-                        # was in, which the reader knows from `comp_rev`.
-                        fields[f"m.{step}"] = dumps([event.revision, str(e.command)])
+                    # Which calls it resets (action or compensation) depends on the phase the saga was
+                    # in, which the reader knows from `comp_rev`.
+                    fields[intervention_field(event.revision)] = dumps([str(e.command), list(e.steps)])
             case SagaAbortRequested():
                 fields.update(reason=e.reason, abort_rev=rev)
             case TimerFired() | UnknownEvent():

@@ -210,3 +210,58 @@ def test_an_abort_while_the_pivot_waits_and_the_pivot_times_out_again_dead_lette
     saga.record(resumed)
     plan = saga.run()
     assert [c.step for c in plan.calls if isinstance(c, StartStep)] == ["charge"]
+
+
+def _retry_after_a_timeout(saga: Saga, name: str) -> None:
+    """``name``'s first attempt times out (its outcome may still come, late) and its second one starts."""
+    plan = saga.fire_due()  # the first attempt's deadline: outcome unknown, a retry is due
+    while not any(isinstance(c, StartStep) and c.step == name for c in plan.calls):
+        plan = saga.fire_due()
+    assert saga.state.steps[name].action.attempt == 2
+
+
+def _until_the_attempt_deadline_passes(saga: Saga) -> Plan:
+    """Fire timers (a kick may come first) until an attempt's deadline passes; nothing is undone before."""
+    plan = saga.fire_due()
+    while "StepAttemptFailed" not in names(plan.events):
+        assert plan.calls == []
+        plan = saga.fire_due()
+    return plan
+
+
+def test_a_rollback_waits_for_an_attempt_still_in_flight_after_an_earlier_ones_late_success() -> None:
+    # Found by the decider's property test: the late success ended the call in the fold while the retry
+    # was in flight, dropping its deadline, and the rollback undid the step and its ancestor under it.
+    saga = Saga(definition(step("reserve"), step("charge", retries=1, timeout=1_000)))
+    saga.run()
+    saga.ok("reserve")
+    _retry_after_a_timeout(saga, "charge")
+    saga.record(decide(saga.state, cmd(ManualCommand.ABORT, "abort-1"), saga.now))
+    assert names(saga.run().events) == ["CompensationStarted"]  # charge is in flight: nothing undone yet
+    plan = saga.outcome("charge", OutcomeKind.SUCCEEDED, attempt=1, output={"late": True})
+    assert saga.state.steps["charge"].action.status is CallStatus.SUCCEEDED
+    assert plan.calls == [], "compensating while an attempt of charge is in flight"
+    # Its deadline passing is recorded (outcome unknown); then charge is undone, and reserve after it.
+    plan = _until_the_attempt_deadline_passes(saga)
+    assert names(plan.events) == ["TimerFired", "StepAttemptFailed", "CompensationStepStarted"]
+    assert saga.state.steps["charge"].action.timed_out == {1, 2}
+    assert set(compensation_calls(saga, plan)) == {"reserve", "charge"}
+
+
+def test_an_attempt_under_a_new_key_in_flight_at_an_earlier_keys_late_success_is_undone_too() -> None:
+    saga = Saga(definition(step("reserve", retries=1, timeout=1_000), step("ship", depends_on=["reserve"])))
+    saga.run()
+    first_key = saga.state.steps["reserve"].action.idempotency_key
+    _retry_after_a_timeout(saga, "reserve")
+    unusable_2xx(saga, "reserve")  # the retry (same key): the saga waits for a person
+    saga.record(decide(saga.state, cmd(ManualCommand.RETRY, "retry-1", "reserve"), saga.now))
+    [third] = [c for c in saga.run().calls if isinstance(c, StartStep)]
+    assert third.idempotency_key != first_key
+    # The first attempt's success comes late while the third runs under the new key: the saga goes on.
+    plan = saga.outcome("reserve", OutcomeKind.SUCCEEDED, attempt=1, output={"late": True})
+    assert [c.step for c in plan.calls if isinstance(c, StartStep)] == ["ship"]
+    plan = saga.outcome("ship", OutcomeKind.REJECTED)
+    assert saga.state.status is SagaStatus.COMPENSATING
+    assert plan.calls == [], "the third attempt may still take effect under the new key"
+    comp = compensation_calls(saga, _until_the_attempt_deadline_passes(saga))["reserve"]
+    assert comp.action_idempotency_keys == (first_key, third.idempotency_key)

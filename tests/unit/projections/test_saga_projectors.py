@@ -130,14 +130,17 @@ def test_the_dlq_follows_pauses_and_lets_go_when_the_saga_moves_on() -> None:
     assert enter.to == "dead_lettered"
     assert enter.indexes["dead_lettered"] == ("acme:idx:pause:dead_lettered", "acme:idx:dlq")
 
-    def mia(step: str | None) -> ManualInterventionApplied:
-        return ManualInterventionApplied(ManualCommand.RETRY, "ops", "why", "k", step, ("a",), 500)
+    def mia(step: str | None, command: ManualCommand = ManualCommand.RESUME) -> ManualInterventionApplied:
+        return ManualInterventionApplied(command, "ops", "why", "k", step, ("a",), 500)
 
-    [leave] = p.project(recorded(mia(None), 8))
-    assert isinstance(leave, IndexMove)
-    assert leave.to == ""
-    # Naming one step may leave another blocked: the saga leaves when it actually moves on.
+    for command in (ManualCommand.RESUME, ManualCommand.SKIP):
+        [leave] = p.project(recorded(mia(None, command), 8))
+        assert isinstance(leave, IndexMove)
+        assert leave.to == ""
+    # Naming one step may leave another blocked, and so may a retry that names none (it holds back a step
+    # that may have taken effect under its current key): the saga leaves when it actually moves on.
     assert p.project(recorded(mia("a"), 8)) == ()
+    assert p.project(recorded(mia(None, ManualCommand.RETRY), 8)) == ()
     [moves_on] = p.project(recorded(StepStarted("a", 2, 1, "k2", "rh", 1000), 9))
     assert isinstance(moves_on, IndexMove)
     assert moves_on.to == ""
@@ -220,3 +223,32 @@ def test_cursors_round_trip_and_malformed_ones_are_refused() -> None:
     for bad in ("", "!!!", encode_cursor(1.0, "x")[:-3], "WzEsMiwzXQ", "WyJhIiwiYiJd"):
         with pytest.raises(ValueError, match="cursor"):
             decode_cursor(bad)
+
+
+def test_the_reader_keeps_each_phases_manual_commands_and_reads_the_older_per_step_field() -> None:
+    hashes: dict[str, dict[str, str]] = {}
+    events: list[Event] = [
+        started(),
+        StepStarted("a", 1, 0, "ka", "rh", 1000),
+        SagaDeadLettered("stuck", "a"),
+        ManualInterventionApplied(ManualCommand.SKIP, "ops", "why", "k1", None, ("a",), 500),
+        CompensationStarted("step 'b' failed: rejected: http_422"),
+        SagaDeadLettered("cannot compensate", "a"),
+        ManualInterventionApplied(ManualCommand.RETRY, "ops", "why", "k2", None, ("a",), 500),
+    ]
+    for n, e in enumerate(events):
+        for projector in saga_projectors():
+            apply(hashes, projector.project(recorded(e, n, seconds=n)))
+    doc = hashes[f"acme:saga:{SAGA}"]
+    assert json.loads(doc["intervention.3"]) == ["skip", ["a"]]
+    view = assemble_saga(doc)
+    assert view is not None
+    # The rollback's retry resets the compensation and leaves the forward skip of the action in place.
+    assert (view.steps[0].action_call.status, view.steps[0].compensation_call.status) == ("skipped", "idle")
+
+    # A hash projected before one field per command holds each step's latest command as `m.{step}`.
+    legacy = {k: v for k, v in doc.items() if not k.startswith("intervention.")}
+    legacy["m.a"] = json.dumps([6, "retry"])
+    view = assemble_saga(legacy)
+    assert view is not None
+    assert view.steps[0].compensation_call.status == "idle"
