@@ -13,7 +13,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: benchmark name -> module (see bench/__init__.py for what a module provides)
-BENCHMARKS: dict[str, str] = {"store": "bench.store", "sagas": "bench.sagas"}
+BENCHMARKS: dict[str, str] = {
+    "store": "bench.store",
+    "sagas": "bench.sagas",
+    "grpc": "bench.grpc_path",
+    "tracing": "bench.tracing_overhead",
+}
 
 
 def _parser() -> argparse.ArgumentParser:

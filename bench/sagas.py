@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.app.commands import SagaCommands
 from orchestrator.engine.engine import Engine
@@ -29,9 +29,14 @@ from orchestrator.engine.inprocess import InProcessExecutor, InProcessRequest, S
 from orchestrator.engine.router import ExecutorRouter
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.embedded.schema import SCHEMA, WRITER_PRAGMAS, assert_durable
+from orchestrator.eventstore.port import EventStore
 from orchestrator.eventstore.types import EventFilter, RecordedEvent
 from orchestrator.observability.logging import configure_logging
+from orchestrator.observability.tracing import SagaTracer
 from orchestrator.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 SEED = {
     "name": "order-processing",
@@ -102,8 +107,24 @@ class StepClock:
         return out
 
 
+@dataclass(frozen=True)
+class Counters:
+    """What the store did so far. Commits (fsynced transactions) and the requests they grouped are known
+    only to a store in this process; over gRPC they are the server's and stay ``None``."""
+
+    appends: int
+    events: int
+    commits: int | None = None
+    grouped: int | None = None
+
+
 class Rig:
-    """Store + engine + commands for one measurement, on a fresh data directory."""
+    """Store + engine + commands for one measurement, on a fresh data directory.
+
+    The store is the embedded one in ``directory``, unless ``open_store`` gives another (which must then
+    say what it did through ``counters``). ``tracer_provider`` is wired as the composition root wires it:
+    the saga's spans (commands and engine) and the HTTP client's; None is tracing off.
+    """
 
     def __init__(
         self,
@@ -112,17 +133,33 @@ class Rig:
         decline: bool,
         http: dict[str, str] | None = None,
         projections: bool = False,
+        open_store: Callable[[], Awaitable[tuple[EventStore, Callable[[], Counters]]]] | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.directory = directory
         self.decline = decline
         self.http = http
         self.projections = projections
+        self.open_store = open_store
+        self.tracer_provider = tracer_provider
         self.clock = StepClock({})
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
+    async def _open(self) -> tuple[EventStore, Callable[[], Counters]]:
+        if self.open_store is not None:
+            return await self.open_store()
+        store = await EmbeddedEventStore.open(self.directory / "store")
+
+        def counters() -> Counters:
+            s = store.stats
+            return Counters(s.appends, s.events, s.commits, s.grouped_requests)
+
+        return store, counters
+
     async def __aenter__(self) -> Rig:
         configure_logging("json", "WARNING")
-        self.store = await EmbeddedEventStore.open(self.directory / "store")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.store, self.counters = await self._open()
         local = InProcessExecutor()
         router: ExecutorRouter
         if self.http is None:
@@ -135,14 +172,20 @@ class Rig:
 
             router = ExecutorRouter(
                 http=HttpExecutor(
-                    {s: ServiceConfig(base_url=u, pool_limit=128) for s, u in self.http.items()}
+                    {s: ServiceConfig(base_url=u, pool_limit=128) for s, u in self.http.items()},
+                    tracer_provider=self.tracer_provider,
                 )
             )
         self.router = router
+        tracer = SagaTracer(self.tracer_provider)
         self.engine = Engine(
-            self.store, router, settings=EngineSettings(max_in_flight=4096), data_dir=self.directory
+            self.store,
+            router,
+            settings=EngineSettings(max_in_flight=4096),
+            data_dir=self.directory,
+            tracer=tracer,
         )
-        self.commands = SagaCommands(self.store, self.engine.tuning)
+        self.commands = SagaCommands(self.store, self.engine.tuning, tracer=tracer)
         await self.commands.register_definition("bench", "bench", SEED)
         await self.engine.start()
         if self.projections:
@@ -153,6 +196,7 @@ class Rig:
 
             redis = EmbeddedRedis(self.directory / "redis")
             url = await asyncio.to_thread(redis.start)
+            assert isinstance(self.store, EmbeddedEventStore)  # the projector runs beside the embedded store
             projector = await start_projector(self.store, url, "bench", registry=CollectorRegistry())
 
             async def stop_redis() -> None:
@@ -195,14 +239,17 @@ class Rig:
         await self.store.close()
 
 
-async def closed_loop(rig: Rig, inflight: int, seconds: float, context: dict[str, Any]) -> dict[str, Any]:
-    stats0 = rig.store.stats
-    commits0, appends0, events0, grouped0 = (
-        stats0.commits,
-        stats0.appends,
-        stats0.events,
-        stats0.grouped_requests,
-    )
+async def closed_loop(
+    rig: Rig,
+    inflight: int,
+    seconds: float,
+    context: dict[str, Any],
+    *,
+    pooled: list[float] | None = None,
+) -> dict[str, Any]:
+    """``inflight`` clients for ``seconds``; each saga's latency also goes to ``pooled``, for percentiles
+    over several runs."""
+    c0 = rig.counters()
     deliveries0 = rig.engine.metrics.registry.get_sample_value("saga_engine_deliveries_total") or 0
     latencies: list[float] = []
     endings: dict[str, int] = {}
@@ -220,24 +267,27 @@ async def closed_loop(rig: Rig, inflight: int, seconds: float, context: dict[str
     cpu0, t0 = _cpu(), time.perf_counter()
     await asyncio.gather(*(client() for _ in range(inflight)))
     elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
-    s = rig.store.stats
+    c = rig.counters()
     n = len(latencies)
+    if pooled is not None:
+        pooled += latencies
     deliveries = (
         rig.engine.metrics.registry.get_sample_value("saga_engine_deliveries_total") or 0
     ) - deliveries0
-    commits = s.commits - commits0
+    commits = None if c.commits is None or c0.commits is None else c.commits - c0.commits
+    grouped = None if c.grouped is None or c0.grouped is None else c.grouped - c0.grouped
     return {
         "inflight": inflight,
         "sagas": n,
         "seconds": elapsed,
         "sagas_per_s": n / elapsed,
         "cpu_ms_per_saga": cpu * 1000 / n,
-        "events_per_s": (s.events - events0) / elapsed,
-        "appends_per_saga": (s.appends - appends0) / n,
-        "events_per_saga": (s.events - events0) / n,
+        "events_per_s": (c.events - c0.events) / elapsed,
+        "appends_per_saga": (c.appends - c0.appends) / n,
+        "events_per_saga": (c.events - c0.events) / n,
         "deliveries_per_saga": deliveries / n,
-        "fsyncs_per_s": commits / elapsed,
-        "mean_group_size": (s.grouped_requests - grouped0) / max(1, commits),
+        "fsyncs_per_s": None if commits is None else commits / elapsed,
+        "mean_group_size": None if commits is None or grouped is None else grouped / max(1, commits),
         "latency_p50_ms": _pct(latencies, 0.5) * 1000,
         "latency_p99_ms": _pct(latencies, 0.99) * 1000,
         "endings": endings,
@@ -371,21 +421,35 @@ def run(*, quick: bool, data_root: Path) -> dict[str, Any]:
     return result
 
 
+THROUGHPUT_HEADER = (
+    " variant         inflight  sagas/s  cpu ms/saga  events/s  appends/saga  deliveries/saga  "
+    "fsyncs/s  group  p50 ms  p99 ms"
+)
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return "-".rjust(width) if value is None else format(value, spec)
+
+
+def throughput_row(t: dict[str, Any]) -> str:
+    """One line of the throughput table (fsyncs and group size read "-" where the store is remote)."""
+    return (
+        f" {t['variant']:<15} {t['inflight']:>8} {t['sagas_per_s']:>8.0f} {t['cpu_ms_per_saga']:>12.2f} "
+        f"{t['events_per_s']:>9.0f} {t['appends_per_saga']:>13.2f} {t['deliveries_per_saga']:>16.2f} "
+        f"{_or_dash(t['fsyncs_per_s'], '9.0f')} {_or_dash(t['mean_group_size'], '6.1f')} "
+        f"{t['latency_p50_ms']:>7.1f} {t['latency_p99_ms']:>7.1f}"
+    )
+
+
 def render(r: dict[str, Any]) -> str:
     out = [
         f"Saga benchmark ({r['mode']} mode): the seed's 3-step saga, in-process no-op steps, embedded store "
         f"(synchronous=FULL), persistent subscription, actors, timer index; {r['machine']['cores']} cores",
         "",
-        " variant         inflight  sagas/s  cpu ms/saga  events/s  appends/saga  deliveries/saga  "
-        "fsyncs/s  group  p50 ms  p99 ms",
+        THROUGHPUT_HEADER,
     ]
-    for t in r["throughput"]:
-        out.append(
-            f" {t['variant']:<15} {t['inflight']:>8} {t['sagas_per_s']:>8.0f} {t['cpu_ms_per_saga']:>12.2f} "
-            f"{t['events_per_s']:>9.0f} {t['appends_per_saga']:>13.2f} {t['deliveries_per_saga']:>16.2f} "
-            f"{t['fsyncs_per_s']:>9.0f} {t['mean_group_size']:>6.1f} {t['latency_p50_ms']:>7.1f} "
-            f"{t['latency_p99_ms']:>7.1f}"
-        )
+    out += [throughput_row(t) for t in r["throughput"]]
     s = r["step_overhead"]
     b = r["bound"]
     out += [

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.app.background import forever
 from orchestrator.app.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.app.permissions import ALL_ROLES, Permission, authorize, permissions_of
 from orchestrator.app.principal import Principal
@@ -313,25 +314,21 @@ class ApiKeys:
     # --- background: the index, and recording uses ---------------------------------------------------
     async def follow(self) -> None:
         """Keep the index current (runs until cancelled; a dropped subscription is opened again)."""
-        while True:
-            try:
-                subscription = await self._store.subscribe_all(
-                    filter=EventFilter(stream_prefixes=(API_KEY_STREAM_PREFIX,))
-                )
-                self.index.keys.clear()
-                try:
-                    async for item in subscription:
-                        if isinstance(item, CaughtUp):
-                            self.index.caught_up.set()
-                        elif not isinstance(item, Checkpoint):
-                            self.index.apply(item)
-                finally:
-                    await subscription.close()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("api_key_index_dropped", exc_info=True)
-            await asyncio.sleep(1.0)
+        await forever(self._follow_once, dropped="api_key_index_dropped")
+
+    async def _follow_once(self) -> None:
+        subscription = await self._store.subscribe_all(
+            filter=EventFilter(stream_prefixes=(API_KEY_STREAM_PREFIX,))
+        )
+        self.index.keys.clear()
+        try:
+            async for item in subscription:
+                if isinstance(item, CaughtUp):
+                    self.index.caught_up.set()
+                elif not isinstance(item, Checkpoint):
+                    self.index.apply(item)
+        finally:
+            await subscription.close()
 
     async def record_uses(self) -> None:
         """Append ``ApiKeyUsed`` for keys used since their last record, at most once per interval."""

@@ -18,7 +18,6 @@ No record carries a secret: actors, key ids and reasons, never tokens, keys or r
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections import Counter
@@ -29,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.app.background import forever
 from orchestrator.app.permissions import Permission, authorize
 from orchestrator.app.principal import Principal
 from orchestrator.domain.requests import canonical_bytes
@@ -248,14 +248,7 @@ class AuditTrail:
 
     # --- derivation (one role runs it) ----------------------------------------------------------------
     async def derive_forever(self) -> None:
-        while True:
-            try:
-                await self._derive()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("audit_derivation_dropped", exc_info=True)
-            await asyncio.sleep(1.0)
+        await forever(self._derive, dropped="audit_derivation_dropped")
 
     async def _derive(self) -> None:
         after = await self._checkpoint()

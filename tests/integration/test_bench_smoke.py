@@ -1,4 +1,4 @@
-"""`python -m bench --quick` runs the store benchmark end to end and reports every figure (not its speed)."""
+"""`python -m bench --quick` runs each benchmark end to end and reports every figure (not its speed)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from bench import tracing_overhead
 from bench.__main__ import main
+from bench.grpc_path import render
 from bench.store import TASK_LEVELS
+
+
+@pytest.fixture
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The saga rigs configure structlog for a benchmark process (WARNING, onto the stderr of the moment,
+    loggers cached on first use); in the test process that would outlive the test and silence the
+    ``capture_logs`` of later tests, so they leave the configuration alone here."""
+    monkeypatch.setattr("bench.sagas.configure_logging", lambda *_args, **_kwargs: None)
 
 
 def test_quick_store_benchmark_reports_every_figure(
@@ -53,6 +63,7 @@ def test_quick_store_benchmark_reports_every_figure(
     assert str(path) in printed
 
 
+@pytest.mark.usefixtures("keep_logging")
 def test_quick_saga_benchmark_reports_every_figure(tmp_path: Path) -> None:
     out, data = tmp_path / "out", tmp_path / "data"
 
@@ -78,3 +89,89 @@ def test_quick_saga_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert t["deliveries_per_saga"] > 0
     assert result["step_overhead"]["samples"] > 0
     assert result["bound"]["ratio"] > 0
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_quick_grpc_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+
+    assert main(["--quick", "--only", "grpc", "--out", str(out), "--data-dir", str(data)]) == 0
+
+    [path] = out.glob("grpc-*.json")
+    result = json.loads(path.read_text())
+    assert result["mode"] == "quick"
+    assert list(data.iterdir()) == []  # the server's data directory is removed with the rest
+    assert [(t["variant"], t["inflight"]) for t in result["throughput"]] == [("ok", 8), ("ok(grpc)", 8)]
+    for t in result["throughput"]:
+        assert t["sagas"] > 0
+        assert set(t["endings"]) == {"SagaCompleted"}
+        assert t["deliveries_per_saga"] > 0
+    embedded, grpc = result["throughput"]
+    # The same real path on both stores: five appends per saga. Over gRPC they are counted on the client
+    # side, every successful call (a resend the store answers idempotently too), so at least five.
+    assert embedded["appends_per_saga"] == 5
+    assert 5 <= grpc["appends_per_saga"] < 6
+    assert embedded["fsyncs_per_s"] > 0
+    assert grpc["fsyncs_per_s"] is None  # the server's own: not known to this process
+    assert grpc["server_cpu_ms_per_saga"] > 0
+    assert result["bound"]["writers"] == 8
+    assert result["bound"]["appends_per_s"] > 0
+    assert result["bound"]["ratio"] > 0
+    assert result["grpc_vs_embedded"] > 0
+
+    printed = render(result)
+    assert "ok(grpc)" in printed
+    assert "store bound over gRPC" in printed
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_quick_tracing_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+
+    assert main(["--quick", "--only", "tracing", "--out", str(out), "--data-dir", str(data)]) == 0
+
+    [path] = out.glob("tracing-*.json")
+    result = json.loads(path.read_text())
+    assert result["mode"] == "quick"
+    assert list(data.iterdir()) == []  # the rigs' and the receiver's directories are removed
+    names = ["http plain", "http trace=off", "http trace=1.0", "http trace=0.1"]
+    assert [t["variant"] for t in result["throughput"]] == names
+    for t in result["throughput"]:
+        assert t["sagas"] > 0
+        assert set(t["endings"]) == {"SagaCompleted"}
+        assert t["appends_per_saga"] == 5
+        assert t["cpu_ms_per_saga"] > 0
+        assert t["vs_off"]["cpu_ms_per_saga"] > 0
+    tracing = result["tracing"]
+
+    # Off is no tracing at all, as plain is: no SDK provider anywhere, no span, no stored context.
+    for name in ("http plain", "http trace=off"):
+        off = tracing[name]
+        assert not off["sdk_provider"]
+        assert not off["engine_traced"]
+        assert off["stored"]["sagas"] > 0
+        assert off["stored"]["with_traceparent"] == 0
+        assert off["spans_ended"] == off["spans_received"] == 0
+    assert tracing["http trace=off"]["global_provider"] != "TracerProvider"
+
+    # On, every saga stores a context and every span ended reached the receiver, seven per sampled saga.
+    full, tenth = tracing["http trace=1.0"], tracing["http trace=0.1"]
+    assert full["stored"]["sampled"] == full["stored"]["sagas"] > 0
+    for on in (full, tenth):
+        assert on["sdk_provider"]
+        assert on["engine_traced"]
+        assert on["stored"]["with_traceparent"] == on["stored"]["sagas"]
+        assert on["spans_dropped"] == 0
+        assert on["spans_received"] == on["spans_ended"] == 7 * on["stored"]["sampled"]
+    kinds = {name.split(" ")[0] for name in full["by_name"]}
+    assert kinds == {"saga.start", "saga.step", "POST"}
+    assert result["rejected"] == 0
+
+    bound = result["bound"]
+    assert bound["spans_received"] > 0
+    assert bound["spans_received"] + bound["spans_dropped"] == bound["spans_ended"]
+    assert bound["ratio"] > 0
+
+    printed = tracing_overhead.render(result)
+    assert "off installs no SDK provider" in printed
+    assert "exporter bound" in printed

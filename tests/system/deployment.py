@@ -166,3 +166,9 @@ def writers(history: Sequence[RecordedEvent]) -> list[str]:
     import json
 
     return [str(json.loads(e.metadata or b"{}").get("actor", "")) for e in history]
+
+
+def print_logs(deploy: Deployment, logs: LogFiles) -> None:
+    """The tail of every process's log (when a test fails, the cause is often in another process)."""
+    for name in ("eventstore", *sorted(deploy.roles)):
+        print(f"--- {name}\n{logs.tail(name)}")

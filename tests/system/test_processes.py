@@ -33,6 +33,7 @@ from tests.system.deployment import (
     histories,
     metric,
     node_id,
+    print_logs,
     store_process,
     stores,
     writers,
@@ -128,8 +129,7 @@ async def test_roles_as_processes_survive_the_kill_of_an_engine(tmp_path: Path, 
             await participants.idle(within=10)
         exits = deploy.exited()
     except BaseException:
-        for name in ("eventstore", *sorted(deploy.roles)):
-            print(f"--- {name}\n{logs.tail(name)}")
+        print_logs(deploy, logs)
         raise
     finally:
         await participants.close()
@@ -206,8 +206,7 @@ async def test_a_revoked_api_key_is_refused_by_every_api_process_within_seconds(
             await eventually(refused, within=5, every=0.02, what="the other node refusing the revoked key")
             print(f"revocation reached the other API process in {time.monotonic() - revoked_at:.3f}s")
     except BaseException:
-        for name in ("eventstore", *sorted(deploy.roles)):
-            print(f"--- {name}\n{logs.tail(name)}")
+        print_logs(deploy, logs)
         raise
 
 
@@ -254,8 +253,7 @@ async def test_a_tenants_in_flight_cap_holds_across_api_processes(tmp_path: Path
             async with http.post(f"{second}/api/v1/sagas/instances", json=body, headers=globex) as r:
                 assert r.status == 201, await r.text()
     except BaseException:
-        for name in ("eventstore", *sorted(deploy.roles)):
-            print(f"--- {name}\n{logs.tail(name)}")
+        print_logs(deploy, logs)
         raise
     finally:
         await participants.close()
