@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Literal, Protocol
 
 import structlog
 
@@ -38,6 +39,18 @@ from orchestrator.settings import EngineSettings
 log = structlog.get_logger("orchestrator.engine")
 
 
+#: a due timer that another node owns is fired here anyway at its third hand-out without its saga moving
+#: (hand-outs come at 0, 5 and 15 s after it fell due, then further apart)
+OWNER_FALLBACK_HAND_OUTS = 3
+
+
+class TimerPlacement(Protocol):
+    """Cluster mode's answer to "whose is this saga's timer?": ``mine`` (this node owns its shard),
+    ``unowned`` (no assignment yet, or its owner is not in this node's live view: fire it), or ``theirs``."""
+
+    def fires(self, stream: str) -> Literal["mine", "unowned", "theirs"]: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -53,6 +66,7 @@ class Engine:
         metrics: EngineMetrics | None = None,
         state_cache_size: int = 10_000,
         tracer: SagaTracer = OFF,
+        placement: TimerPlacement | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -60,6 +74,8 @@ class Engine:
         self.clock = clock
         self.metrics = metrics or EngineMetrics()
         self.tracer = tracer
+        #: cluster mode: which due timers are this node's to fire (None: all of them)
+        self.placement = placement
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.actor_name = f"engine:{self.node_id}"
         # Per-writer nonce (design.md §0.1): this incarnation and a sequence number.
@@ -236,8 +252,23 @@ class Engine:
                 await subscription.close()
 
     async def _on_due(self, timer: DueTimer) -> None:
-        if not self.stopping:
-            await self.post(timer.stream, Wake(timer))
+        if self.stopping:
+            return
+        placement = self.placement
+        if placement is not None:
+            match placement.fires(timer.stream):
+                case "mine":
+                    pass
+                case "unowned":
+                    self.metrics.timers_fired_for_owner.inc()
+                case _ if timer.handed_out >= OWNER_FALLBACK_HAND_OUTS:
+                    # The owner left it pending through several refires here: fire it anyway (firing
+                    # is idempotent; the saga's own events clear it on every node).
+                    self.metrics.timers_fired_for_owner.inc()
+                case _:
+                    self.metrics.timers_left_to_owner.inc()
+                    return
+        await self.post(timer.stream, Wake(timer))
 
     async def wake(self, stream: str) -> None:
         """Ask the saga's actor to look at the stream head now (used after a command was appended)."""

@@ -53,11 +53,14 @@ class TimerChange:
 
 @dataclass(frozen=True, slots=True, order=True)
 class DueTimer:
-    """What the firer hands out: ``due_at`` is when the timer fell due, whichever hand-out this is."""
+    """What the firer hands out: ``due_at`` is when the timer fell due, whichever hand-out this is;
+    ``handed_out`` counts this node's hand-outs of it so far, this one included (the saga's own events
+    did not clear it in between)."""
 
     due_at: float
     timer_id: str
     stream: str
+    handed_out: int = 0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -75,7 +78,7 @@ class ScheduledTimer:
 
     @property
     def timer(self) -> DueTimer:
-        return DueTimer(self.due_at, self.timer_id, self.stream)
+        return DueTimer(self.due_at, self.timer_id, self.stream, self.attempts)
 
 
 class TimerIndex:

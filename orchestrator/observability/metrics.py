@@ -63,6 +63,17 @@ class EngineMetrics:
             " takes no new deliveries)",
             registry=r,
         )
+        self.timers_left_to_owner = Counter(
+            "saga_engine_timers_left_to_owner_total",
+            "Due timers this node left to the node that owns their shard (cluster mode)",
+            registry=r,
+        )
+        self.timers_fired_for_owner = Counter(
+            "saga_engine_timers_fired_for_owner_total",
+            "Due timers this node fired although another node owns their shard: nobody visibly owned it,"
+            " or the owner left it pending past the fallback",
+            registry=r,
+        )
         self.timers_pending = Gauge(
             "saga_engine_timers_pending", "Pending timers in this process's timer index", registry=r
         )

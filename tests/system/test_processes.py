@@ -14,6 +14,7 @@ the participants' seed; what happened is printed (``pytest -s``).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -41,6 +42,8 @@ from tests.system.deployment import (
 
 SEED = int(os.environ.get("SAGA_PROCESSES_SEED", "7"))
 BEFORE_KILL, AFTER_KILL = 40, 20
+#: sagas started one by one while waiting to catch the victim mid-call, at most
+FEED = 300
 STEP_CALLS = "saga_step_duration_seconds_count"
 
 
@@ -101,13 +104,35 @@ async def test_roles_as_processes_survive_the_kill_of_an_engine(tmp_path: Path, 
             async def victim_mid_call() -> bool:
                 return await metric(engines[victim], "saga_engine_calls_in_flight") > 0
 
-            await eventually(victim_mid_call, within=60, every=0.02, what=f"{victim} having calls in flight")
+            # Keep work coming until the victim is caught with a call in flight (on a loaded machine the
+            # first batch may be done before that): a saga every 100 ms, at most FEED of them.
+            caught = asyncio.Event()
+
+            async def feed() -> None:
+                # Never cancelled mid-start: every saga a participant hears of must be in the histories.
+                for i in range(FEED):
+                    if caught.is_set():
+                        return
+                    acknowledged.extend(await start(apis, 1, BEFORE_KILL + AFTER_KILL + i))
+                    await asyncio.sleep(0.1)
+
+            feeder = asyncio.create_task(feed())
+            try:
+                await eventually(
+                    victim_mid_call, within=60, every=0.02, what=f"{victim} having calls in flight"
+                )
+            finally:
+                caught.set()
             calls_by = {n: await metric(u, STEP_CALLS) for n, u in engines.items()}
             deploy.kill(victim)
-            killed_at = len(participants.calls)
             assert await deploy.child(victim).process.wait() == -9
+            # Requests the victim sent just before it died may still be queued in this process's event
+            # loop: let them arrive, so they count among the calls whose answers may have died with it.
+            await asyncio.sleep(0.5)
+            killed_at = len(participants.calls)
             report.append(f"killed {victim} ({nodes[victim]}) after {killed_at} calls; calls by {calls_by}")
 
+            await feeder
             acknowledged += await start(apis, AFTER_KILL, BEFORE_KILL)
 
             async def all_settled() -> bool:
