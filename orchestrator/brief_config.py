@@ -38,11 +38,6 @@ class Feature:
     instead: str
 
 
-CLUSTER = Feature(
-    "cluster mode",
-    "it comes with clustering: leader election, sharded timers and projections",
-    "set it to false or leave it out; to scale out, run more engine processes on KurrentDB / EventStoreDB",
-)
 POSTGRES = Feature(
     "the PostgreSQL event store",
     "it comes with a PostgreSQL adapter of the event store port",
@@ -193,7 +188,6 @@ def _not_built(
     return Alias(key, setting, effect, convert, wired=False, missing=feature, asks=asks, switch=switch)
 
 
-_ON = "refused with {} on, else no effect"
 # One row a line reads as the table it is (the README shows it); ruff format would spread each over seven.
 # fmt: off
 #: the brief's keys. To wire one: add its native setting, then make its row an `Alias` without `missing`.
@@ -209,14 +203,15 @@ ALIASES: tuple[Alias, ...] = (
           _text, wired=False,
           note="saga state is derived from the event store (persistence.event_store) and kept in the Redis "
           "read models (persistence.cache); there is no separate state store, so this URL is not used"),
-    _not_built("orchestrator.cluster.enabled", "cluster.enabled", "cluster mode: `true` refused (not built)",
-               _flag, CLUSTER),
-    _not_built("CLUSTER_ENABLED", "cluster.enabled", "as `cluster.enabled`, from the environment", _flag,
-               CLUSTER),
-    _not_built("orchestrator.cluster.nodes", "cluster.nodes", _ON.format("cluster mode"), _count, CLUSTER,
-               switch="cluster.enabled"),
-    _not_built("orchestrator.cluster.election_timeout", "cluster.election_timeout_ms",
-               _ON.format("cluster mode"), _count, CLUSTER, switch="cluster.enabled"),
+    Alias("orchestrator.cluster.enabled", "cluster.enabled",
+          "`true`: cluster mode (membership, the leader lease with fencing, `/health/cluster` for every "
+          "node); needs a shared store", _flag),
+    Alias("CLUSTER_ENABLED", "cluster.enabled", "as `cluster.enabled`, from the environment", _flag),
+    Alias("orchestrator.cluster.nodes", "cluster.nodes",
+          "the expected number of nodes (sizes the membership stream)", _count),
+    Alias("orchestrator.cluster.election_timeout", "cluster.lease_ms",
+          "the leader lease's time to live in ms: a new leader within it + 2 s of the leader's death",
+          _count),
     Alias("orchestrator.monitoring.metrics_enabled", "observability.metrics_enabled",
           "`false`: `/metrics` answers 404 (the metrics are still kept)", _flag),
     Alias("orchestrator.monitoring.tracing_enabled", "observability.tracing.enabled",

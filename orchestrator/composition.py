@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import structlog
@@ -26,6 +28,7 @@ from orchestrator.api.deps import ApiDeps, NodeInfo
 from orchestrator.api.jwt_auth import JwtVerifier, KeyConfigError
 from orchestrator.app.audit import AuditTrail
 from orchestrator.app.commands import SagaCommands
+from orchestrator.cluster import ClusterConfigError, ClusterNode, NodeRecord, check_store
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.http_executor import HttpExecutor
 from orchestrator.engine.router import ExecutorRouter
@@ -34,7 +37,7 @@ from orchestrator.engine.timers import TimerIndex
 from orchestrator.eventstore.embedded import EmbeddedEventStore
 from orchestrator.eventstore.port import EventStore
 from orchestrator.observability import tracing_setup
-from orchestrator.observability.instrumentation import instrument_redis
+from orchestrator.observability.instrumentation import grpc_client_spans, instrument_redis
 from orchestrator.observability.metrics import EmbeddedStoreCollector, EngineMetrics
 from orchestrator.observability.tracing import SagaTracer
 from orchestrator.settings import ServiceConfig, Settings
@@ -70,7 +73,8 @@ async def open_store(settings: Settings, *, read_only: bool = False) -> AsyncIte
 
 @contextlib.asynccontextmanager
 async def open_tracing(settings: Settings) -> AsyncIterator[TracerProvider | None]:
-    """The process's tracer provider (None: tracing off); shut down (flushed) when the process stops."""
+    """The process's tracer provider (None: tracing off), with spans for the KurrentDB adapter's gRPC calls
+    when the store is one; shut down (flushed) when the process stops."""
     if not tracing_setup.enabled(settings.observability.tracing):
         yield None
         return
@@ -80,7 +84,11 @@ async def open_tracing(settings: Settings) -> AsyncIterator[TracerProvider | Non
     provider = tracing_setup.build_provider(chosen)
     log.info("tracing", **chosen.describe())
     try:
-        yield provider
+        with contextlib.ExitStack() as instrumented:
+            if settings.event_store.url != "embedded":
+                # Set up before open_store, so the adapter's channels (a reconnect's too) carry it.
+                instrumented.enter_context(grpc_client_spans(provider))
+            yield provider
     finally:
         # Flushing may wait for the exporter (bounded by its timeout): not on the event loop.
         await asyncio.to_thread(provider.shutdown)
@@ -133,22 +141,37 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def node_record(settings: Settings, node: NodeInfo) -> NodeRecord:
+    """What this node announces in cluster mode: its address is the configured one (the host name when it
+    listens on every interface); its start time is for people only."""
+    host = settings.server.host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard, not binding to it
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    return NodeRecord(
+        node.node_id, node.version, node.roles, f"http://{host}:{settings.server.port}", started
+    )
+
+
 def roles_of(role: str) -> tuple[str, ...]:
     return ("api", "engine", "projector") if role == "all" else (role,)
 
 
 async def serve(settings: Settings, role: str, *, ready: asyncio.Event | None = None) -> int:
     """Run until SIGTERM / SIGINT; then stop taking work, let calls in flight finish, exit 0 (2 when a
-    configured key or certificate cannot be used)."""
+    configured key or certificate cannot be used, or cluster mode cannot run on the configured store)."""
     try:
         return await _serve(settings, role, ready)
-    except (KeyConfigError, ServiceKeyError) as e:
+    except (KeyConfigError, ServiceKeyError, ClusterConfigError) as e:
         log.error("configuration_error", detail=str(e))
         return 2
 
 
 async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> int:
     roles = roles_of(role)
+    check_store(settings.cluster.enabled, settings.event_store.url, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -241,6 +264,21 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
             service_known=executor.knows,
             tracer=tracer,
         )
+        cluster: ClusterNode | None = None
+        if settings.cluster.enabled:
+            cluster = ClusterNode(
+                store,
+                settings.cluster,
+                node_record(settings, node),
+                name=settings.engine.group,
+                registry=registry,
+            )
+            await cluster.start()
+            # Stopped first thing on shutdown (below); this covers a start that fails later on.
+            stack.push_async_callback(cluster.stop)
+            log.info(
+                "cluster_mode", node_id=node.node_id, lease_ms=settings.cluster.lease_ms, one_node=embedded
+            )
         app = create_app(
             ApiDeps(
                 service_jwks=service_jwks,
@@ -252,6 +290,7 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
                 read_models=read_models if "api" in roles else None,
                 engine=engine,
                 projector=projector,
+                cluster=cluster,
                 tracer_provider=provider,
             )
         )
@@ -270,6 +309,9 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
             ready.set()
         await stop.wait()
         log.info("stopping", grace_s=settings.engine.shutdown_grace_s)
+        if cluster is not None:
+            # Release the lease and leave before anything else: the others take over at their next read.
+            await cluster.stop()
         await site.stop()
     log.info("stopped")
     return 0

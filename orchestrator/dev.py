@@ -105,6 +105,16 @@ class Child:
         if self.running:
             self.process.send_signal(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen where it is (what a long GC pause or a stalled VM looks like)."""
+        if self.running:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused process carries on, its timers all due at once."""
+        if self.running:
+            self.process.send_signal(signal.SIGCONT)
+
     async def stop(self, grace: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then SIGKILL if it is still running after ``grace`` seconds; its exit code."""
         if self.running:

@@ -298,6 +298,31 @@ class ObservabilitySettings(_Strict):
     tracing: TracingSettings = TracingSettings()
 
 
+class ClusterSettings(_Strict):
+    """Cluster mode (``orchestrator.cluster``): every process announces itself and renews a heartbeat in the
+    event store; engine processes hold a leader lease there (a compare-and-set on a lease stream, whose
+    revision is the fencing token). Times are in ms; each node judges them on its own monotonic clock."""
+
+    enabled: bool = False
+    #: the expected number of nodes (every role counted): sizes the membership stream's ``$maxCount``
+    nodes: int = Field(default=3, ge=1, le=1_000)
+    #: the lease's time to live (the brief's ``cluster.election_timeout``): followers take over after they
+    #: have seen the lease stream unchanged this long; a node leaves the view after as long without a beat
+    lease_ms: int = Field(default=5_000, ge=300, le=600_000)
+    #: how often a node renews its heartbeat, the leader its lease, and every node reads both
+    heartbeat_ms: int = Field(default=1_000, ge=50, le=60_000)
+    #: the leader stops acting this long before its lease could have run out (lease_ms - renew_margin_ms
+    #: after it sent its last successful renewal): room for clock-rate drift and scheduling delays
+    renew_margin_ms: int = Field(default=1_000, ge=0, le=600_000)
+
+    @model_validator(mode="after")
+    def _timing(self) -> Self:
+        # Two renewals must fit into the time a leader may act, or one late beat costs the lease.
+        if 2 * self.heartbeat_ms > self.lease_ms - self.renew_margin_ms:
+            raise ValueError("cluster: need 2 * heartbeat_ms <= lease_ms - renew_margin_ms")
+        return self
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -318,6 +343,7 @@ class Settings(BaseSettings):
     demo: DemoSettings = DemoSettings()
     projections: ProjectionSettings = ProjectionSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    cluster: ClusterSettings = ClusterSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

@@ -21,6 +21,7 @@ from orchestrator.app.commands import SagaCommands
 from orchestrator.app.operations import Operations
 from orchestrator.app.ports import EngineStatus, Projector, ReadModels, RebuildProgress
 from orchestrator.app.sagas import Sagas
+from orchestrator.cluster.view import ClusterView
 from orchestrator.eventstore.port import EventStore
 from orchestrator.settings import Settings
 
@@ -45,6 +46,8 @@ class ApiDeps:
     engine: EngineStatus | None = None
     #: None: no projector in this process (admin rebuild answers 503)
     projector: Projector | None = None
+    #: None: cluster mode is off (``/health/cluster`` describes this node only)
+    cluster: ClusterView | None = None
     #: None: tracing off (no server spans)
     tracer_provider: TracerProvider | None = None
     #: the JWKS participants verify the engine's per-call tokens with (``/.well-known/jwks.json``)

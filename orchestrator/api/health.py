@@ -1,6 +1,8 @@
 """Health: ``/health/live`` checks nothing external; ``/health/ready`` means this process can serve its
 role (the event store answers); ``/health`` adds the read model and its lag (``degraded``, never a
-readiness failure: stale reads are better than no node at all); ``/health/cluster`` describes this node.
+readiness failure: stale reads are better than no node at all); ``/health/cluster`` describes this node and,
+in cluster mode, every live node of its membership view, the leader and its epoch, and the shard
+assignment (readiness never depends on another node).
 Also ``/metrics``, the Prometheus exposition of the process registry (404 when switched off), in the plain
 text format or OpenMetrics as the scraper asks, with ``saga_dependency_up`` probed at each scrape."""
 
@@ -18,14 +20,17 @@ from orchestrator.api.models import (
     ClusterReport,
     HealthCheck,
     HealthReport,
+    LeaderReport,
     LiveReport,
     NodeReport,
+    ShardAssignmentReport,
     SubscriptionModel,
     TimerState,
 )
 from orchestrator.api.problems import Problem
 from orchestrator.api.routes import Reply, Route
 from orchestrator.app.ports import ReadModelUnavailable
+from orchestrator.cluster.view import ClusterStatus
 from orchestrator.eventstore.errors import EventStoreError
 from orchestrator.eventstore.types import Position, SubscriptionInfo
 from orchestrator.observability.metrics import dependency_family, exposition
@@ -137,7 +142,63 @@ async def cluster(request: web.Request) -> web.Response:
         status = "degraded"
     else:
         status = "ok"
-    return json_response(ClusterReport(status=status, node=node, nodes=[node]))
+    if d.cluster is None:
+        return json_response(ClusterReport(status=status, cluster=False, node=node, nodes=[node]))
+    return json_response(_cluster_report(status, node, d.cluster.status()))
+
+
+def _cluster_report(status: Status, own: NodeReport, view: ClusterStatus) -> ClusterReport:
+    """The membership view of this node, with this node's own checks on its own entry. Nothing here
+    waits for another node: the view is what this node last read from the store."""
+    members: list[NodeReport] = []
+    me: NodeReport | None = None
+    for member in view.members:
+        cluster_fields = {
+            "address": member.node.address,
+            "started_at": member.node.started_at,
+            "liveness": member.liveness,
+            "heartbeat_age_ms": member.heartbeat_age_ms,
+            "leader": member.leader,
+            "shards": list(member.shards),
+        }
+        if member.node.node_id == view.node_id:
+            me = own.model_copy(update=cluster_fields)
+            members.append(me)
+        else:
+            members.append(
+                NodeReport(
+                    node_id=member.node.node_id,
+                    version=member.node.version,
+                    roles=list(member.node.roles),
+                    store=None,
+                    redis=None,
+                    subscription=None,
+                    timers=None,
+                ).model_copy(update=cluster_fields)
+            )
+    if me is None:
+        # Its own heartbeats are not in the store (yet, or any more): the others do not see it either.
+        owned = view.assignment.owned(view.node_id) if view.assignment is not None else ()
+        me = own.model_copy(
+            update={"liveness": "absent", "leader": view.leader.this_node, "shards": list(owned)}
+        )
+    leader = LeaderReport(
+        node_id=view.leader.node_id,
+        epoch=view.leader.epoch,
+        lease_ms=view.leader.lease_ms,
+        expires_in_ms=view.leader.expires_in_ms,
+    )
+    assignment = None
+    if view.assignment is not None:
+        assignment = ShardAssignmentReport(
+            epoch=view.assignment.epoch,
+            leader=view.assignment.holder,
+            shards=view.assignment.shards,
+            by_node={n: list(owned) for n, owned in sorted(view.assignment.by_node.items())},
+        )
+    return ClusterReport(
+        status=status, cluster=True, node=me, nodes=members, leader=leader, assignment=assignment
+    )
 
 
 async def _reachable(d: ApiDeps) -> dict[str, bool]:
@@ -200,9 +261,10 @@ ROUTES = (
         "/health/cluster",
         cluster,
         "cluster",
-        "This node: id, version, roles, store and Redis reachability, subscription, timer firer",
+        "This node (id, version, roles, store and Redis reachability, subscription, timer firer) and, in "
+        "cluster mode, every live node, the leader and its epoch, and the timer shard assignment",
         "health",
-        {200: Reply("the node report", ClusterReport)},
+        {200: Reply("the cluster report", ClusterReport)},
         tenant_scoped=False,
     ),
     Route(

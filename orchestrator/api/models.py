@@ -172,17 +172,55 @@ class NodeReport(_Response):
     node_id: str
     version: str
     roles: list[str]
-    store: HealthCheck
-    redis: HealthCheck
+    #: this node's own checks; null for another node (ask that node)
+    store: HealthCheck | None
+    redis: HealthCheck | None
     subscription: SubscriptionModel | None
     timers: TimerState | None
+    # --- cluster mode only (null without it), from the membership view of the node answering
+    address: str | None = None
+    #: the node's own wall clock at its start, for people (no node compares it)
+    started_at: str | None = None
+    #: alive: its heartbeat moved within half the lease; suspect: later (it leaves the view at the lease);
+    #: absent: this node's own heartbeats are not reaching the store (only ever said of itself)
+    liveness: Literal["alive", "suspect", "absent"] | None = None
+    #: since the answering node saw this node's heartbeat move, on the answering node's clock
+    heartbeat_age_ms: int | None = None
+    leader: bool | None = None
+    #: the timer shards the latest assignment gives this node
+    shards: list[int] | None = None
+
+
+class LeaderReport(_Response):
+    #: null: no node may act as leader now (none yet, released, or expired as the answering node sees it)
+    node_id: str | None
+    #: the latest lease epoch seen: the fencing token, the revision of the lease's acquisition
+    epoch: int | None
+    lease_ms: int
+    #: how long the answering node still counts the lease as held (the leader: how long it may act)
+    expires_in_ms: int | None
+
+
+class ShardAssignmentReport(_Response):
+    #: the epoch of the leader that wrote it (older than the lease's epoch until the new leader writes)
+    epoch: int
+    leader: str
+    shards: int
+    by_node: dict[str, list[int]]
 
 
 class ClusterReport(_Response):
     status: Literal["ok", "degraded", "down"]
+    #: false: cluster mode is off, and this report describes the answering node only
+    cluster: bool
+    #: the answering node, with its own checks, subscription and timer firer
     node: NodeReport
-    #: every node known to this one (only itself until clustering lands)
+    #: cluster mode: every live node of the answering node's membership view (itself with its own
+    #: checks); without it: the answering node only
     nodes: list[NodeReport]
+    #: null without cluster mode
+    leader: LeaderReport | None = None
+    assignment: ShardAssignmentReport | None = None
 
 
 class SubscriptionList(_Response):

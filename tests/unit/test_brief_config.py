@@ -67,14 +67,11 @@ def test_the_briefs_file_verbatim_refuses_each_unbuilt_feature_by_name(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     lines = _refusals(caught.value)
-    assert {line.split(":", 1)[0] for line in lines} == NOT_BUILT | {"orchestrator.persistence.event_store"}
-    switched_by = {
-        "orchestrator.cluster.nodes": "orchestrator.cluster.enabled",
-        "orchestrator.cluster.election_timeout": "orchestrator.cluster.enabled",
-    }
+    # Cluster mode is built: only the PostgreSQL event store is refused.
+    assert not NOT_BUILT
+    assert {line.split(":", 1)[0] for line in lines} == {"orchestrator.persistence.event_store"}
     for line in lines:
-        key = line.split(":", 1)[0]
-        assert line == refusal(BY_KEY[key], switched_by=switched_by.get(key))
+        assert line == refusal(BY_KEY[line.split(":", 1)[0]])
     assert SECRET not in str(caught.value)
     assert "localhost:5432" not in str(caught.value)
 
@@ -101,6 +98,7 @@ def test_the_briefs_file_verbatim_maps_every_key() -> None:
     }
     resolved = resolve(found, {})
     assert resolved.values == {
+        "cluster": {"enabled": True, "nodes": 3, "lease_ms": 5000},
         "redis": {"url": "redis://localhost:6379"},
         "observability": {
             "metrics_enabled": True,
@@ -113,12 +111,11 @@ def test_the_briefs_file_verbatim_maps_every_key() -> None:
     assert [n.event for n in resolved.notes] == ["config_alias_not_used", "config_alias_rewritten"]
 
 
-def test_the_briefs_file_with_its_unbuilt_features_off_loads(
+def test_the_briefs_file_with_a_kurrentdb_event_store_loads_in_cluster_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = BRIEF_CONFIG.read_text()
     for asked, off in (
-        ("\n    enabled: true", "\n    enabled: false"),
         ("postgresql://localhost:5432/events", "esdb://localhost:2113?Tls=false"),
         ("tracing_enabled: true", "tracing_enabled: false"),
         ("rbac_enabled: true", "rbac_enabled: false"),
@@ -134,10 +131,10 @@ def test_the_briefs_file_with_its_unbuilt_features_off_loads(
     assert settings.observability.metrics_enabled is False
     assert settings.observability.tracing.enabled is False
     assert settings.observability.tracing.endpoint == "http://jaeger:4318"
+    # cluster: {enabled: true, nodes: 3, election_timeout: 5000}
+    assert (settings.cluster.enabled, settings.cluster.nodes, settings.cluster.lease_ms) == (True, 3, 5000)
     assert {(n.level, n.message.split(":", 1)[0]) for n in notes} == {
         ("warning", "orchestrator.persistence.state_store"),
-        ("info", "orchestrator.cluster.nodes"),
-        ("info", "orchestrator.cluster.election_timeout"),
         ("info", "orchestrator.monitoring.jaeger_endpoint"),
     }
     state_store = next(n for n in notes if n.level == "warning")
@@ -148,24 +145,6 @@ def test_the_briefs_file_with_its_unbuilt_features_off_loads(
 # --- one test per refusal message ---------------------------------------------------------------------
 
 REFUSED = [
-    (
-        "cluster:\n    enabled: true",
-        "orchestrator.cluster.enabled: asks for cluster mode, which is not built yet (it comes with "
-        "clustering: leader election, sharded timers and projections); set it to false or leave it out; to "
-        "scale out, run more engine processes on KurrentDB / EventStoreDB",
-    ),
-    (
-        "cluster:\n    enabled: true\n    nodes: 3",
-        "orchestrator.cluster.nodes: tunes cluster mode, which orchestrator.cluster.enabled switches on; "
-        "cluster mode is not built yet (it comes with clustering: leader election, sharded timers and "
-        "projections): switch it off, or leave this key out",
-    ),
-    (
-        "cluster:\n    enabled: true\n    election_timeout: 5000",
-        "orchestrator.cluster.election_timeout: tunes cluster mode, which orchestrator.cluster.enabled "
-        "switches on; cluster mode is not built yet (it comes with clustering: leader election, sharded "
-        "timers and projections): switch it off, or leave this key out",
-    ),
     (
         "persistence:\n    event_store: postgresql://user:pw-SECRET@db:5432/events",
         "orchestrator.persistence.event_store: asks for the PostgreSQL event store, which is not built yet "
@@ -193,6 +172,10 @@ REFUSED = [
     ),
     ("cluster:\n    enabled: maybe", "orchestrator.cluster.enabled: must be true or false"),
     ("cluster:\n    nodes: 0", "orchestrator.cluster.nodes: must be a whole number of at least 1"),
+    (
+        "cluster:\n    election_timeout: '5s'",
+        "orchestrator.cluster.election_timeout: must be a whole number of at least 1",
+    ),
     (
         "monitoring:\n    jaeger_endpoint: jaeger:14268",
         "orchestrator.monitoring.jaeger_endpoint: must be an http:// or https:// URL",
@@ -229,7 +212,6 @@ def test_the_top_level_must_be_a_mapping(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("CLUSTER_ENABLED", "true", refusal(BY_KEY["CLUSTER_ENABLED"])),
         ("CLUSTER_ENABLED", "sometimes", "CLUSTER_ENABLED: must be true or false"),
         ("DATABASE_URL", "postgresql://u:pw-SECRET@db/events", refusal(BY_KEY["DATABASE_URL"])),
     ],
@@ -262,6 +244,33 @@ def test_switches_that_ask_for_nothing_are_accepted(tmp_path: Path, monkeypatch:
     # CLUSTER_ENABLED and the file's cluster.enabled both say "off": the variable wins, the log says so.
     assert [n.message for n in notes] == [
         "orchestrator.cluster.enabled is not used: CLUSTER_ENABLED also sets cluster.enabled, and it wins"
+    ]
+
+
+def test_cluster_enabled_from_the_briefs_environment_switches_cluster_mode_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLUSTER_ENABLED", "true")
+    settings, notes = load_settings_with_notes()
+    assert settings.cluster.enabled is True
+    assert notes == ()
+
+
+def test_native_lease_ms_wins_over_the_briefs_election_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(tmp_path, monkeypatch, "orchestrator:\n  cluster: {enabled: true, election_timeout: 5000}\n")
+    monkeypatch.setenv("SAGA_CLUSTER__LEASE_MS", "1500")
+    monkeypatch.setenv("SAGA_CLUSTER__HEARTBEAT_MS", "250")
+    monkeypatch.setenv("SAGA_CLUSTER__RENEW_MARGIN_MS", "300")
+    settings, notes = load_settings_with_notes()
+    assert (settings.cluster.enabled, settings.cluster.lease_ms) == (True, 1500)
+    assert [(n.level, n.message) for n in notes] == [
+        (
+            "warning",
+            "orchestrator.cluster.election_timeout is not used: SAGA_CLUSTER__LEASE_MS also sets "
+            "cluster.lease_ms, and the native setting wins",
+        )
     ]
 
 
