@@ -207,6 +207,15 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
         executor = ExecutorRouter(http=HttpExecutor(services, tracer_provider=provider))
         stack.push_async_callback(executor.close)
         node = NodeInfo(node_id=uuid.uuid4().hex[:12], version=_version(), roles=roles)
+        cluster: ClusterNode | None = None
+        if settings.cluster.enabled:
+            cluster = ClusterNode(
+                store,
+                settings.cluster,
+                node_record(settings, node),
+                name=settings.engine.group,
+                registry=registry,
+            )
         engine: Engine | None = None
         if "engine" in roles:
             engine = Engine(
@@ -218,6 +227,8 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
                 node_id=node.node_id,
                 metrics=EngineMetrics(registry),
                 tracer=tracer,
+                # Cluster mode: each node fires the due timers of its shards (and any nobody owns).
+                placement=cluster,
             )
         read_models = None
         projector = None
@@ -264,15 +275,7 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
             service_known=executor.knows,
             tracer=tracer,
         )
-        cluster: ClusterNode | None = None
-        if settings.cluster.enabled:
-            cluster = ClusterNode(
-                store,
-                settings.cluster,
-                node_record(settings, node),
-                name=settings.engine.group,
-                registry=registry,
-            )
+        if cluster is not None:
             await cluster.start()
             # Stopped first thing on shutdown (below); this covers a start that fails later on.
             stack.push_async_callback(cluster.stop)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -21,10 +22,11 @@ from orchestrator.cluster.lease import Clock, LeaderLease
 from orchestrator.cluster.membership import Membership
 from orchestrator.cluster.metrics import ROLES, ClusterMetrics
 from orchestrator.cluster.records import NodeRecord, lease_stream, members_stream, members_window
-from orchestrator.cluster.shards import SHARDS
+from orchestrator.cluster.shards import SHARDS, shard_of
 from orchestrator.cluster.view import ClusterStatus, LeaderStatus, MemberStatus
 from orchestrator.eventstore.errors import EventStoreError
 from orchestrator.eventstore.port import EventStore
+from orchestrator.records.streams import SAGA_STREAM_PREFIX
 from orchestrator.settings import ClusterSettings
 
 log = structlog.get_logger("orchestrator.cluster")
@@ -163,6 +165,21 @@ class ClusterNode:
         """The timer shards the latest assignment in the store gives ``node_id`` (its epoch: ``status()``)."""
         assignment = self.lease.assignment
         return frozenset(assignment.owned(node_id)) if assignment is not None else frozenset()
+
+    def fires(self, stream: str) -> Literal["mine", "unowned", "theirs"]:
+        """Whose due timer this saga's is (the engine's ``TimerPlacement``): ``mine`` when the latest
+        assignment gives its shard to this node, ``unowned`` when there is no assignment yet or the shard's
+        owner is not in this node's live view (so differing views never leave a timer unfired), else
+        ``theirs``. Firing stays idempotent, so a hand-over overlap only costs a redundant wake."""
+        assignment = self.lease.assignment
+        if assignment is None:
+            return "unowned"
+        owner = assignment.owner(shard_of(stream.removeprefix(SAGA_STREAM_PREFIX), assignment.shards))
+        if owner == self.me.node_id:
+            return "mine"
+        if owner is None or owner not in self.live_engines():
+            return "unowned"
+        return "theirs"
 
     def status(self) -> ClusterStatus:
         lease = self.lease.view()

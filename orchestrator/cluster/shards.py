@@ -62,3 +62,6 @@ class Assignment:
 
     def owned(self, node_id: str) -> tuple[int, ...]:
         return self.by_node.get(node_id, ())
+
+    def owner(self, shard: int) -> str | None:
+        return next((node for node, owned in self.by_node.items() if shard in owned), None)

@@ -336,3 +336,66 @@ def test_a_single_role_on_the_embedded_store_is_refused_in_cluster_mode(tmp_path
     errors = [line for line in lines if line.get("event") == "configuration_error"]
     assert len(errors) == 1
     assert errors[0]["detail"].startswith("cluster.enabled: cluster mode needs an event store every node")
+
+
+async def test_each_engine_fires_the_due_timers_of_its_shards(tmp_path: Path) -> None:
+    """Three engines share the timers: each leaves the others' due timers to them (counted) and every
+    saga still ends; the checker finds nothing in the histories."""
+    from tests.e2e.crash_support import DEFINITIONS, SERVICES, status_of
+    from tests.faults.checker import PAUSED, TERMINAL, check
+    from tests.faults.participant import FaultParticipants, ParticipantRates
+    from tests.system.deployment import histories
+
+    # Busy answers make retries, and every retry waits for its timer.
+    participants = FaultParticipants(3, ParticipantRates(busy=0.3), rejectable=set())
+    await participants.start()
+    deploy, logs = deployment(
+        tmp_path,
+        store_process("local-server"),
+        {s: participants.url(s) for s in SERVICES},
+        topology=Topology(apis=1, engines=3, projectors=0),
+        **CLUSTER_ENV,
+    )
+    try:
+        async with deploy, aiohttp.ClientSession() as http:
+            api = deploy.api_urls[0]
+            engines = {n: deploy.roles[n].url for n in deploy.names_of("engine")}
+
+            async def assigned() -> bool:
+                async with http.get(f"{api}/health/cluster") as r:
+                    body = await r.json()
+                assignment = body["assignment"]
+                return assignment is not None and len(assignment["by_node"]) == 3
+
+            await eventually(assigned, within=20, every=0.1, what="the shards spread over three engines")
+            for definition in DEFINITIONS.values():
+                async with http.post(f"{api}/api/v1/sagas/definitions", json=definition) as r:
+                    assert r.status == 201, await r.text()
+            names = sorted(DEFINITIONS)
+            started = []
+            for i in range(30):
+                body = {"saga_name": names[i % 2], "context": {"order_id": f"o-{i}", "amount": i}}
+                async with http.post(f"{api}/api/v1/sagas/instances", json=body) as r:
+                    assert r.status == 201, await r.text()
+                    started.append((await r.json())["saga_id"])
+
+            async def settled() -> bool:
+                found = await histories(deploy.store_url, started)
+                return all(status_of(h) in TERMINAL | PAUSED for h in found.values())
+
+            await eventually(settled, within=60, every=0.5, what="every saga settling")
+            left = {n: await metric(u, "saga_engine_timers_left_to_owner_total") for n, u in engines.items()}
+            fired_for = {
+                n: await metric(u, "saga_engine_timers_fired_for_owner_total") for n, u in engines.items()
+            }
+            found = await histories(deploy.store_url, started)
+            await participants.idle(within=10)
+    except BaseException:
+        _dump(logs, deploy)
+        raise
+    finally:
+        await participants.close()
+    print(f"timers left to their owner by node {left}; fired for an owner {fired_for}")
+    assert all(n > 0 for n in left.values()), left  # every engine left some timers to the others
+    violations = check(found, participants.calls, participants.effects, started, DEFINITIONS)
+    assert not violations, violations[:20]
