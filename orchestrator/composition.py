@@ -218,10 +218,16 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
             )
         engine: Engine | None = None
         if "engine" in roles:
+            engine_settings = settings.engine
+            if cluster is not None and not engine_settings.max_subscribers:
+                # The group's subscriber limit sized for the deployment (when the group is created).
+                engine_settings = engine_settings.model_copy(
+                    update={"max_subscribers": settings.cluster.nodes}
+                )
             engine = Engine(
                 store,
                 executor,
-                settings=settings.engine,
+                settings=engine_settings,
                 timer_index=TimerIndex(settings.event_store.data_dir / f"timers-{settings.engine.group}.db"),
                 acquire_caps_ms={n: s.pool_acquire_timeout_ms for n, s in services.items()},
                 node_id=node.node_id,

@@ -240,6 +240,8 @@ class Deployment:
         self._api_port = api_port
         self._sink = sink if sink is not None else print_sink()
         self._children: dict[str, Child] = {}
+        #: how each role process was started (restart starts it the same way)
+        self._spawned: dict[str, tuple[str, int, Mapping[str, Mapping[str, Any]]]] = {}
         self.roles: dict[str, Role] = {}
         self.store_url = ""
         self.redis_url = ""
@@ -362,6 +364,16 @@ class Deployment:
         argv = [sys.executable, "-m", "orchestrator", "serve", "--role", role]
         self._children[name] = await Child.spawn(name, argv, self._env(own), self._sink)
         self.roles[name] = Role(name, role, f"http://127.0.0.1:{port}")
+        self._spawned[name] = (role, port, services)
+
+    async def restart(self, name: str) -> int:
+        """Stop one role process (SIGTERM, as a rolling restart does), start it again with the same
+        settings, port and data directory, and wait until it is ready; the old process's exit code."""
+        code = await self._children[name].stop()
+        role, port, services = self._spawned[name]
+        await self._start_role(name, role, port, services)
+        await self._ready(self.roles[name])
+        return code
 
     async def _ready(self, role: Role) -> None:
         await self._wait_http(self._children[role.name], f"{role.url}/health/ready")

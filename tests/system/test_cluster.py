@@ -10,6 +10,8 @@ stream never holds two writers for one epoch.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -399,3 +401,120 @@ async def test_each_engine_fires_the_due_timers_of_its_shards(tmp_path: Path) ->
     assert all(n > 0 for n in left.values()), left  # every engine left some timers to the others
     violations = check(found, participants.calls, participants.effects, started, DEFINITIONS)
     assert not violations, violations[:20]
+
+
+#: the longest a saga may sit between two of its own events while the cluster fails over: the failover
+#: bound, the longest retry backoff and participant hang of the run, and a slack for a loaded machine
+STALL_BOUND_S = FAILOVER_BOUND_S + 2.0 + 1.6 + 3.0
+
+
+def _longest_stall(history: list[Any]) -> float:
+    times = [e.recorded_at.timestamp() for e in history]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+async def _saga_run(
+    tmp_path: Path, disrupt: Any, *, rates: Any, rejectable: Any, expect_all_completed: bool
+) -> str:
+    """Three engines (cluster mode) and one API run sagas against participants while ``disrupt`` does
+    its worst; then every saga must settle, none may stall past the bound, and the checker must find
+    nothing. Returns the run's report."""
+    from tests.e2e.crash_support import DEFINITIONS, SERVICES, answered_to_the_dead, status_of
+    from tests.faults.checker import PAUSED, TERMINAL, check
+    from tests.faults.participant import FaultParticipants
+    from tests.system.deployment import histories
+
+    participants = FaultParticipants(5, rates, rejectable=rejectable)
+    await participants.start()
+    deploy, logs = deployment(
+        tmp_path,
+        store_process("local-server"),
+        {s: participants.url(s) for s in SERVICES},
+        topology=Topology(apis=1, engines=3, projectors=0),
+        **CLUSTER_ENV,
+    )
+    started: list[str] = []
+    try:
+        async with deploy, aiohttp.ClientSession() as http:
+            api = deploy.api_urls[0]
+            for definition in DEFINITIONS.values():
+                async with http.post(f"{api}/api/v1/sagas/definitions", json=definition) as r:
+                    assert r.status == 201, await r.text()
+            names = sorted(DEFINITIONS)
+
+            async def start(count: int) -> None:
+                for _ in range(count):
+                    i = len(started)
+                    body = {"saga_name": names[i % 2], "context": {"order_id": f"o-{i}", "amount": i}}
+                    async with http.post(f"{api}/api/v1/sagas/instances", json=body) as r:
+                        assert r.status == 201, await r.text()
+                        started.append((await r.json())["saga_id"])
+
+            await start(30)
+            killed_at_call, report = await disrupt(deploy, http, participants, start)
+
+            async def settled() -> bool:
+                found = await histories(deploy.store_url, started)
+                return all(status_of(h) in TERMINAL | PAUSED for h in found.values())
+
+            await eventually(settled, within=90, every=0.5, what="every saga settling")
+            found = await histories(deploy.store_url, started)
+            await participants.idle(within=10)
+    except BaseException:
+        _dump(logs, deploy)
+        raise
+    finally:
+        await participants.close()
+    endings = defaultdict(int)
+    for h in found.values():
+        endings[str(status_of(h))] += 1
+    stall = max(_longest_stall(h) for h in found.values())
+    report += f"; {len(found)} sagas, endings {dict(endings)}, longest stall {stall:.1f}s"
+    print(report)
+    assert stall <= STALL_BOUND_S, report
+    if expect_all_completed:
+        assert dict(endings) == {"completed": len(started)}, report
+    calls = answered_to_the_dead(participants.calls, killed_at_call, found)
+    violations = check(found, calls, participants.effects, started, DEFINITIONS)
+    assert not violations, violations[:20]
+    return report
+
+
+async def test_sagas_in_flight_move_on_time_when_the_leader_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the leader while sagas run: a new leader takes its shards, due timers keep firing,
+    retries and timeouts happen within the bound, no saga is stuck, no step is called under two keys."""
+    from tests.e2e.crash_support import RATES, REJECTABLE
+
+    async def kill_the_leader(deploy: Deployment, http: Any, participants: Any, start: Any) -> Any:
+        async def leader() -> str | None:
+            for name in deploy.names_of("engine"):
+                if await metric(deploy.roles[name].url, "saga_cluster_leader") == 1.0:
+                    return name
+            return None
+
+        victim = await eventually(leader, within=20, every=0.1, what="a leader")
+        deploy.kill(victim)
+        assert await deploy.child(victim).process.wait() == -9
+        await asyncio.sleep(0.5)  # the victim's last requests reach the participants
+        killed_at_call = len(participants.calls)
+        await start(15)
+        return killed_at_call, f"killed the leader {victim}"
+
+    await _saga_run(tmp_path, kill_the_leader, rates=RATES, rejectable=REJECTABLE, expect_all_completed=False)
+
+
+async def test_a_rolling_restart_loses_stalls_and_compensates_nothing(tmp_path: Path) -> None:
+    """Every engine restarted in turn (SIGTERM, start again) while sagas run, against participants that
+    do not fail (so any compensation would be the restart's): every saga completes, none stalls past the
+    bound."""
+    from tests.faults.participant import ParticipantRates
+
+    async def roll(deploy: Deployment, http: Any, participants: Any, start: Any) -> Any:
+        codes = []
+        for name in deploy.names_of("engine"):
+            codes.append(await deploy.restart(name))
+            await start(5)
+        assert codes == [0, 0, 0]
+        return 0, "rolled every engine"
+
+    await _saga_run(tmp_path, roll, rates=ParticipantRates(), rejectable=set(), expect_all_completed=True)
