@@ -230,6 +230,7 @@ class LeaderLease:
     async def _send(self, write: _Write) -> None:
         self._pending = write
         events = encode_lease(self.stream, write.events, write.expected)
+        quiet_since = self._changed_at
         started = self._clock()
         first = write.events[0]
         try:
@@ -264,7 +265,10 @@ class LeaderLease:
             self._step_down()
             return
         if first.type == LEASE_ACQUIRED:
-            log.info("lease_acquired", epoch=first.epoch)
+            # How long the lease stood still (or released) before this node took it, on this node's clock.
+            handover = started - quiet_since
+            self._metrics.handover_seconds.observe(max(0.0, handover))
+            log.info("lease_acquired", epoch=first.epoch, handover_s=round(handover, 3))
         self._epoch = first.epoch
         self._valid_until = write.first_sent + self._act_s
         self._metrics.leader.set(1 if self.is_leader else 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _RENEW_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_HANDOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60)
 ROLES = ("api", "engine", "projector")
 #: what a leader writes to the lease stream (the ``duty`` label of refused writes)
 DUTIES = ("renewal", "shard_assignment", "release")
@@ -30,6 +31,13 @@ class ClusterMetrics:
             "saga_cluster_lease_renew_seconds",
             "Round trip of the leader's successful lease writes (acquisition, renewal, leader-only data)",
             buckets=_RENEW_BUCKETS,
+            registry=r,
+        )
+        self.handover_seconds = Histogram(
+            "saga_cluster_handover_seconds",
+            "On the node that took the lease: from the last change it saw on the lease stream (the old"
+            " leader's last write, or its release) to its own acquisition, on its own clock",
+            buckets=_HANDOVER_BUCKETS,
             registry=r,
         )
         self.shards_owned = Gauge(

@@ -220,6 +220,12 @@ async def test_kill_9_of_the_leader_fails_over_within_the_bound(tmp_path: Path) 
         )
         assert successor in _engines(c)
         assert failover <= FAILOVER_BOUND_S
+        # The successor measured the hand-over itself: how long the lease stood still before it took it.
+        handovers = await metric(c.urls[successor], "saga_cluster_handover_seconds_count")
+        handover_s = await metric(c.urls[successor], "saga_cluster_handover_seconds_sum")
+        assert handovers >= 1
+        assert handover_s <= FAILOVER_BOUND_S * handovers
+        print(f"the successor's own hand-over measure: {handover_s / handovers:.2f}s on average")
         # Liveness: lease_ms without a moving heartbeat, plus one read interval, plus the poll above.
         assert left <= FAILOVER_BOUND_S
 
