@@ -14,9 +14,10 @@ import ipaddress
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -41,6 +42,9 @@ from orchestrator.observability.instrumentation import grpc_client_spans, instru
 from orchestrator.observability.metrics import EmbeddedStoreCollector, EngineMetrics
 from orchestrator.observability.tracing import SagaTracer
 from orchestrator.settings import ServiceConfig, Settings
+
+if TYPE_CHECKING:
+    from projections.service import ProjectorService
 
 log = structlog.get_logger("orchestrator")
 
@@ -153,6 +157,26 @@ def node_record(settings: Settings, node: NodeInfo) -> NodeRecord:
     return NodeRecord(
         node.node_id, node.version, node.roles, f"http://{host}:{settings.server.port}", started
     )
+
+
+def node_state(engine: Engine | None, projector: ProjectorService | None) -> Callable[[], dict[str, Any]]:
+    """What this node reports of itself with each cluster heartbeat (``/health/cluster`` on any node shows
+    it): its engine's timer firer and consumer, its projector's rebuild."""
+
+    def report() -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if engine is not None:
+            state["timers"] = {
+                "running": engine.timers_running,
+                "fired_total": engine.timers_fired,
+                "actors": engine.active_actors,
+            }
+            state["consuming"] = engine.consuming
+        if projector is not None:
+            state["projector"] = {"rebuilding": projector.rebuilding}
+        return state
+
+    return report
 
 
 def roles_of(role: str) -> tuple[str, ...]:
@@ -282,6 +306,7 @@ async def _serve(settings: Settings, role: str, ready: asyncio.Event | None) -> 
             tracer=tracer,
         )
         if cluster is not None:
+            cluster.membership.report = node_state(engine, projector)
             await cluster.start()
             # Stopped first thing on shutdown (below); this covers a start that fails later on.
             stack.push_async_callback(cluster.stop)

@@ -160,6 +160,7 @@ def _cluster_report(status: Status, own: NodeReport, view: ClusterStatus) -> Clu
             "heartbeat_age_ms": member.heartbeat_age_ms,
             "leader": member.leader,
             "shards": list(member.shards),
+            "reported": dict(member.state) or None,
         }
         if member.node.node_id == view.node_id:
             me = own.model_copy(update=cluster_fields)

@@ -189,6 +189,9 @@ class NodeReport(_Response):
     leader: bool | None = None
     #: the timer shards the latest assignment gives this node
     shards: list[int] | None = None
+    #: what the node reported of itself with its latest heartbeat (its timer firer and consumer, its
+    #: projector), so every node's state is on every node's answer, at most one heartbeat old
+    reported: dict[str, Any] | None = None
 
 
 class LeaderReport(_Response):

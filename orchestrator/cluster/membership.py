@@ -12,8 +12,9 @@ the next read.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.cluster.records import (
     NODE_ANNOUNCED,
@@ -41,6 +42,8 @@ class Member:
     revision: int
     #: seconds since this observer saw that revision appear (its own monotonic clock)
     age_s: float
+    #: what it reported of itself at that beat
+    state: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -49,6 +52,7 @@ class _Seen:
     revision: int
     changed_at: float
     left: bool
+    state: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,8 @@ class Membership:
         self._window = window
         self._clock = clock
         self._beats = 0
+        #: what this node reports of itself with each beat (set by the composition root)
+        self.report: Callable[[], Mapping[str, Any]] | None = None
         self._head: int | None = None
         self._seen: dict[str, _Seen] = {}
         self._live: frozenset[str] = frozenset()
@@ -89,7 +95,8 @@ class Membership:
         """Announce this node (first beat) or renew its heartbeat. Every event carries the whole record; a
         failed beat is resent with the same bytes (the same id) next time."""
         kind: MemberEventType = NODE_ANNOUNCED if self._beats == 0 else NODE_HEARTBEAT
-        await self._append(MemberEvent(kind, self.me, self._beats))
+        state = dict(self.report()) if self.report is not None else {}
+        await self._append(MemberEvent(kind, self.me, self._beats, state))
         self._beats += 1
 
     async def leave(self) -> None:
@@ -112,7 +119,7 @@ class Membership:
             seen = self._seen.get(event.node.node_id)
             if seen is None or recorded.revision > seen.revision:
                 self._seen[event.node.node_id] = _Seen(
-                    event.node, recorded.revision, now, event.type == NODE_LEFT
+                    event.node, recorded.revision, now, event.type == NODE_LEFT, event.state
                 )
         forget = self.ttl_s * FORGET_AFTER_TTLS
         for node_id in [n for n, s in self._seen.items() if now - s.changed_at > forget]:
@@ -130,7 +137,7 @@ class Membership:
         """The nodes alive in this observer's view, by node id."""
         now = self._clock()
         return [
-            Member(s.node, s.revision, now - s.changed_at)
+            Member(s.node, s.revision, now - s.changed_at, s.state)
             for _, s in sorted(self._seen.items())
             if not s.left and now - s.changed_at < self.ttl_s
         ]

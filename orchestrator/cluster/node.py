@@ -192,6 +192,7 @@ class ClusterNode:
                 heartbeat_age_ms=round(m.age_s * 1000),
                 leader=m.node.node_id == lease.leader,
                 shards=assignment.owned(m.node.node_id) if assignment is not None else (),
+                state=m.state,
             )
             for m in self.membership.live()
         )

@@ -91,6 +91,8 @@ class MemberEvent:
     node: NodeRecord
     #: the node's own count of its beats (makes every heartbeat's bytes, hence its id, distinct)
     beat: int
+    #: what the node reports of itself at this beat (its timer firer, consumer, …): small JSON values
+    state: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,9 @@ def _data(value: Mapping[str, Any]) -> bytes:
 
 
 def encode_member(stream: str, event: MemberEvent, expected: Expected) -> list[NewEvent]:
-    body = {"node": event.node.to_json(), "beat": event.beat}
+    body: dict[str, Any] = {"node": event.node.to_json(), "beat": event.beat}
+    if event.state:
+        body["state"] = dict(event.state)
     return new_events(stream, expected, [(event.type, _data(body), _metadata(event.node.node_id))])
 
 
@@ -148,7 +152,13 @@ def decode_member(event: RecordedEvent) -> MemberEvent | None:
         beat = body["beat"]
         if not isinstance(beat, int):
             return None
-        return MemberEvent(event.type, NodeRecord.from_json(body["node"]), beat)  # type: ignore[arg-type]
+        state = body.get("state")
+        return MemberEvent(
+            event.type,  # type: ignore[arg-type]
+            NodeRecord.from_json(body["node"]),
+            beat,
+            state if isinstance(state, dict) else {},
+        )
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -3,8 +3,9 @@ API depends on neither the membership nor the lease machinery."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from orchestrator.cluster.records import NodeRecord
 from orchestrator.cluster.shards import Assignment
@@ -22,6 +23,8 @@ class MemberStatus:
     leader: bool
     #: the timer shards the latest assignment gives it
     shards: tuple[int, ...]
+    #: what it reported of itself with its latest heartbeat (at most one heartbeat old)
+    state: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

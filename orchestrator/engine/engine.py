@@ -322,6 +322,11 @@ class Engine:
     def timers_fired(self) -> int:
         return self.firer.fired_total if self.firer is not None else 0
 
+    @property
+    def consuming(self) -> bool:
+        """Its persistent-subscription consumer is connected (it takes deliveries)."""
+        return self._subscription is not None and not self.stopping
+
 
 def _acker(subscription: PersistentSubscription, event: RecordedEvent) -> Callable[[], Awaitable[None]]:
     async def ack() -> None:

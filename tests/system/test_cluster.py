@@ -178,6 +178,24 @@ async def test_one_leader_and_every_node_agrees(tmp_path: Path) -> None:
             by_node = view["assignment"]["by_node"]
             assert {c.name_of(n) for n in by_node} == set(_engines(c))
             assert sorted(s for owned in by_node.values() for s in owned) == list(range(SHARDS))
+
+        # Every node's own state, as it reported it with its heartbeat, is on every node's answer.
+        async def reported() -> bool:
+            views = await c.views(sorted(c.urls))
+            if views is None:
+                return False
+            for view in views.values():
+                for n in view["nodes"]:
+                    state = n["reported"] or {}
+                    if c.deploy.roles[c.name_of(n["node_id"])].role == "engine" and not (
+                        state.get("consuming") and state.get("timers", {}).get("running")
+                    ):
+                        return False
+            return True
+
+        await eventually(
+            reported, within=10, every=0.1, what="every engine reporting its consumer and timers"
+        )
         # Exactly one process says it leads, in its metrics too.
         assert [await metric(c.urls[n], "saga_cluster_leader") for n in _engines(c)].count(1.0) == 1
         assert await metric(c.urls[leader], "saga_cluster_lease_epoch") == epoch
