@@ -542,3 +542,26 @@ async def test_a_rolling_restart_loses_stalls_and_compensates_nothing(tmp_path: 
         return 0, "rolled every engine"
 
     await _saga_run(tmp_path, roll, rates=ParticipantRates(), rejectable=set(), expect_all_completed=True)
+
+
+async def test_a_paused_engines_sagas_move_on_through_the_others(tmp_path: Path) -> None:
+    """SIGSTOP of an engine that is not the leader, with sagas in flight: it keeps its share of the
+    persistent subscription (the server has not timed it out), but it leaves the others' views after
+    lease_ms, so its shards' timers are fired by them and its sagas move on within the stall bound;
+    SIGCONT after 6 s: what it then tries to write for sagas that moved on loses (expected revision) and
+    the checker finds nothing."""
+    from tests.e2e.crash_support import RATES, REJECTABLE
+
+    async def pause_one(deploy: Deployment, http: Any, participants: Any, start: Any) -> Any:
+        leaders = [
+            n for n in deploy.names_of("engine") if await metric(deploy.roles[n].url, "saga_cluster_leader")
+        ]
+        victim = next(n for n in deploy.names_of("engine") if n not in leaders)
+        deploy.child(victim).pause()
+        paused_at = len(participants.calls)
+        await start(10)
+        await asyncio.sleep(6)
+        deploy.child(victim).resume()
+        return paused_at, f"paused {victim} for 6 s"
+
+    await _saga_run(tmp_path, pause_one, rates=RATES, rejectable=REJECTABLE, expect_all_completed=False)
