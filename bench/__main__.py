@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "sagas": "bench.sagas",
     "grpc": "bench.grpc_path",
     "tracing": "bench.tracing_overhead",
+    "scaleout": "bench.scaleout",
 }
 
 

@@ -57,6 +57,13 @@ class CountingStore:
         return getattr(self.inner, name)
 
 
+def process_cpu_s(pid: int) -> float:
+    """The CPU seconds process ``pid`` has used so far (all its threads, user + system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 class ServerProcess:
     """The local server as a subprocess on a free port; ``cpu_s()`` is what it has used so far."""
 
@@ -86,9 +93,7 @@ class ServerProcess:
         return "(no line within the start timeout)"
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return process_cpu_s(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -148,7 +153,12 @@ async def grpc_bound(url: str, writers: int, seconds: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
     finally:
         await store.close()
-    return {"writers": writers, "sagas_per_s": sagas / elapsed, "appends_per_s": appends / elapsed}
+    return {
+        "writers": writers,
+        "seconds": elapsed,
+        "sagas_per_s": sagas / elapsed,
+        "appends_per_s": appends / elapsed,
+    }
 
 
 async def _measure(root: Path, quick: bool) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import tracing_overhead
+from bench import scaleout, tracing_overhead
 from bench.__main__ import main
 from bench.grpc_path import render
 from bench.store import TASK_LEVELS
@@ -175,3 +175,40 @@ def test_quick_tracing_benchmark_reports_every_figure(tmp_path: Path) -> None:
     printed = tracing_overhead.render(result)
     assert "off installs no SDK provider" in printed
     assert "exporter bound" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # two deployments of four to five processes each, started on a shared machine
+@pytest.mark.usefixtures("keep_logging")
+def test_quick_scaleout_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+
+    assert main(["--quick", "--only", "scaleout", "--out", str(out), "--data-dir", str(data)]) == 0
+
+    [path] = out.glob("scaleout-*.json")
+    result = json.loads(path.read_text())
+    assert result["mode"] == "quick"
+    assert list(data.iterdir()) == []  # every deployment's and the bound server's directories are removed
+    assert [level["engines"] for level in result["levels"]] == [1, 2]
+    for level in result["levels"]:
+        assert level["sagas"] > 0
+        assert set(level["endings"]) == {"SagaCompleted"}
+        assert 0 < level["latency_p50_ms"] <= level["latency_p99_ms"]
+        # CPU was read from every process that does a saga's work (Redis may idle below a clock tick).
+        cpu = level["cpu_ms_per_saga"]
+        for part in ("engines", "api", "store", "rig"):
+            assert cpu[part] > 0, (level["engines"], part)
+        assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"))
+        assert level["machine_bound_sagas_per_s"] > 0
+        assert level["store_bound_ratio"] > 0
+        # Every engine process took its share of the sagas (the group's pinned consumers).
+        assert len(level["step_calls_by_engine"]) == level["engines"]
+        assert all(calls > 0 for calls in level["step_calls_by_engine"])
+    bound = result["bound"]
+    assert bound["writers"] == result["config"]["inflight"] == 8
+    assert bound["sagas_per_s"] > 0
+    assert bound["store_cores_used"] > 0
+
+    printed = scaleout.render(result)
+    assert "store bound" in printed
+    assert "machine bound" in printed
