@@ -132,7 +132,7 @@ def test_connection_strings_come_from_the_secret_and_the_config_from_the_configm
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "saga-secrets", name
     # The brief's names (DATABASE_URL from its secret key, CLUSTER_ENABLED), with no native twin to win.
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "database-url"
-    assert env["CLUSTER_ENABLED"]["value"] == "false"
+    assert env["CLUSTER_ENABLED"]["value"] == "true"
     assert "SAGA_EVENT_STORE__URL" not in env
     assert env["SAGA_CONFIG"]["value"] == "/etc/saga/config.yaml"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -157,6 +157,8 @@ def test_the_configmap_loads_as_settings(tmp_path: Path, monkeypatch: pytest.Mon
     assert str(settings.event_store.data_dir) == "/data"
     assert settings.event_store.url.startswith("esdb://")
     assert sorted(settings.services) == sorted(SERVICES)
+    assert settings.cluster.enabled
+    assert settings.cluster.lease_ms == 5000
     # The grace the engine gives in-flight calls ends before Kubernetes kills the pod.
     for deployment in _role_deployments().values():
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
