@@ -223,7 +223,8 @@ class SubscriptionInfo:
 @dataclass(frozen=True, slots=True)
 class StreamMetadata:
     """Stream metadata as EventStoreDB keeps it: a JSON object with ``$``-prefixed system keys
-    (``$maxAge``, ``$maxCount``, ...) and any custom keys. Stored now; enforcement comes later."""
+    (``$maxAge``, ``$maxCount``, ``$tb``, ...) and any custom keys. Every store hides from ``read_stream``
+    what ``$maxCount``, ``$tb`` and ``$maxAge`` say to (``orchestrator.eventstore.retention``)."""
 
     values: Mapping[str, Any] = field(default_factory=dict)
     #: revision of the metadata itself; ``None`` when none was ever set

@@ -98,3 +98,24 @@ async def test_a_tombstone_with_a_wrong_expected_revision_is_refused(store: Even
     await store.tombstone_stream(stream, expected=1)
     with pytest.raises(StreamDeleted):
         await store.read_stream(stream)
+
+
+async def test_max_count_and_truncate_before_hide_older_events_from_stream_reads(
+    store: EventStore, names: Names
+) -> None:
+    """``$maxCount`` leaves only the newest N readable, ``$tb`` nothing below it, on every store (the
+    cluster's heartbeat and lease streams rely on it); ``$all`` still has every event."""
+    stream = names.stream("beats")
+    await store.append(stream, names.events(10), expected=NO_STREAM)
+    await store.set_stream_metadata(stream, {"$maxCount": 3})
+    forward = await store.read_stream(stream)
+    assert [e.revision for e in forward] == [7, 8, 9]
+    assert [e.revision for e in await store.read_stream(stream, from_revision=2, limit=2)] == [7, 8]
+    backward = await store.read_stream(stream, from_revision=-1, backwards=True)
+    assert [e.revision for e in backward] == [9, 8, 7]
+    await store.append(stream, names.events(2), expected=9)
+    assert [e.revision for e in await store.read_stream(stream)] == [9, 10, 11]
+    await store.set_stream_metadata(stream, {"$tb": 11})
+    assert [e.revision for e in await store.read_stream(stream)] == [11]
+    everything = [e for e in await read_all_events(store) if e.stream == stream]
+    assert len(everything) == 12

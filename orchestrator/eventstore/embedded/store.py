@@ -13,6 +13,7 @@ import functools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -42,6 +43,7 @@ from orchestrator.eventstore.errors import (
     SubscriptionNotFound,
 )
 from orchestrator.eventstore.port import DEFAULT_BUFFER_SIZE
+from orchestrator.eventstore.retention import expired, lowest_readable
 from orchestrator.eventstore.types import (
     MAX_APPEND_SIZE,
     AppendResult,
@@ -181,7 +183,20 @@ class EmbeddedEventStore:
     ) -> Sequence[RecordedEvent]:
         self._check_open()
         n = limit if limit is not None else -1
-        return await self.reader.run(lambda c: Reader.read_stream(c, stream, from_revision, backwards, n))
+
+        def read(conn: Any) -> list[RecordedEvent]:
+            # What the stream's metadata hides ($maxCount, $tb, $maxAge), as on the server.
+            row = conn.execute("SELECT meta, last_revision FROM streams WHERE name = ?", (stream,)).fetchone()
+            metadata = json.loads(row[0]) if row is not None and row[0] else {}
+            if not metadata:
+                return Reader.read_stream(conn, stream, from_revision, backwards, n)
+            low = lowest_readable(row[1], metadata)
+            start = from_revision if backwards else max(from_revision, low)
+            events = Reader.read_stream(conn, stream, start, backwards, n)
+            too_old = expired(metadata, datetime.now(UTC))
+            return [e for e in events if e.revision >= low and not too_old(e)]
+
+        return await self.reader.run(read)
 
     async def read_all(
         self,

@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.eventstore.embedded import EmbeddedEventStore
@@ -24,6 +24,7 @@ from orchestrator.eventstore.errors import (
     WrongExpectedRevision,
 )
 from orchestrator.eventstore.ids import event_id
+from orchestrator.eventstore.retention import expired, lowest_readable
 from orchestrator.eventstore.types import (
     MAX_APPEND_SIZE,
     AppendResult,
@@ -79,28 +80,10 @@ class StreamInfo:
 
     def lowest_readable(self) -> int:
         """The lowest revision a read may return (IndexReader.ReadStreamEventsForwardInternal)."""
-        low = 0
-        max_count = _positive_int(self.metadata.get("$maxCount"))
-        if max_count is not None:
-            low = max(low, self.last - max_count + 1)
-        truncate_before = _positive_int(self.metadata.get("$tb"), allow_zero=True)
-        if truncate_before is not None:
-            low = max(low, truncate_before)
-        return low
+        return lowest_readable(self.last, self.metadata)
 
     def expired(self, now: datetime) -> Callable[[RecordedEvent], bool]:
-        max_age = _positive_int(self.metadata.get("$maxAge"))
-        if max_age is None:
-            return lambda _event: False
-        cutoff = now - timedelta(seconds=max_age)
-        return lambda event: event.recorded_at < cutoff
-
-
-def _positive_int(value: object, *, allow_zero: bool = False) -> int | None:
-    # StreamMetadata.FromJson ignores values of the wrong type rather than refusing the document.
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value if value > 0 or (allow_zero and value == 0) else None
+        return expired(self.metadata, now)
 
 
 def stream_info(conn: sqlite3.Connection, stream: str) -> StreamInfo:
