@@ -173,7 +173,7 @@ def node_state(engine: Engine | None, projector: ProjectorService | None) -> Cal
             }
             state["consuming"] = engine.consuming
         if projector is not None:
-            state["projector"] = {"rebuilding": projector.rebuilding}
+            state["projector"] = {"active": projector.active, "rebuilding": projector.rebuilding}
         return state
 
     return report

@@ -12,14 +12,15 @@ from __future__ import annotations
 #: check), ARGV[4] the ops as one JSON array (see ``redis_store._encode``): one argument instead of ~40
 #: per event, because packing arguments dominated the client's cost. Numbers that must stay exact
 #: (scores, amounts, times) travel as strings; only KEYS indexes are JSON numbers.
-#: Returns {1, errors, first_error} applied · {0, stored} conflict · {-1, ''} lease not held.
+#: Returns {1, errors, first_error} applied · {-1, ''} lease not held · {0, stored} conflict.
 APPLY_BATCH = r"""
+-- The lease first: a stale owner is told so, rather than sent to re-read a position it may not write.
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return {-1, ''}
+end
 local stored = redis.call('GET', KEYS[1])
 if (stored or '') ~= ARGV[1] then
   return {0, stored or ''}
-end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
-  return {-1, ''}
 end
 -- Decoded before any write, so a malformed batch fails with nothing applied.
 local ops = cjson.decode(ARGV[4])
@@ -81,10 +82,12 @@ end
 return {1, tostring(errors), first_error}
 """
 
-#: KEYS[1] active key, KEYS[2] position key of the new generation.
+#: KEYS[1] active key, KEYS[2] position key of the new generation, KEYS[3] lease key.
 #: ARGV[1] expected active ('' = none), ARGV[2] new generation, ARGV[3] least position the new generation
-#: must have applied ('' = no requirement). Returns {1} switched · {0, active} changed · {-1, position}.
+#: must have applied ('' = no requirement), ARGV[4] lease owner ('' = do not check).
+#: Returns {1} switched · {0, active} changed · {-1, position} not caught up · {-2, ''} lease not held.
 SET_ACTIVE = r"""
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return {-2, ''} end
 local active = redis.call('GET', KEYS[1])
 if (active or '') ~= ARGV[1] then return {0, active or ''} end
 if ARGV[3] ~= '' then
@@ -109,4 +112,52 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+#: KEYS[1] generation counter; ARGV[1] the highest generation known to exist. A generation number is
+#: never handed out twice, so deleting a retired generation can never hit a later one's keys, however
+#: late the deleting process runs (a paused owner that wakes up). Returns the new number.
+ALLOCATE_GENERATION = r"""
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if n < floor then n = floor end
+n = n + 1
+redis.call('SET', KEYS[1], tostring(n))
+return n
+"""
+
+#: KEYS[1] rebuild record, KEYS[2] generation counter, KEYS[3] lease key.
+#: ARGV[1] lease owner ('' = do not check), ARGV[2] the highest generation known to exist.
+#: Returns {1, target} recorded · {0, target} one is recorded already · {-1, ''} lease not held.
+BEGIN_REBUILD = r"""
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return {-1, ''} end
+local recorded = redis.call('GET', KEYS[1])
+if recorded then return {0, recorded} end
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[2])
+if n < floor then n = floor end
+n = n + 1
+redis.call('SET', KEYS[2], tostring(n))
+redis.call('SET', KEYS[1], tostring(n))
+return {1, tostring(n)}
+"""
+
+#: KEYS[1] rebuild record, KEYS[2] active key. ARGV[1] target. Clears the record once its target serves
+#: (whoever runs it, and however late: the condition is the whole truth). Returns 1 when cleared.
+FINISH_REBUILD = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: KEYS[1] rebuild record, KEYS[2] active key, KEYS[3] target position key, KEYS[4] lease key.
+#: ARGV[1] target, ARGV[2] lease owner ('' = do not check). Drops the record and the target's position
+#: (its keys are then garbage, deleted by the caller) only while the owner holds the lease, the record
+#: names the target and the target does not serve. Returns 1 when abandoned.
+ABANDON_REBUILD = r"""
+if ARGV[2] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+return 1
 """

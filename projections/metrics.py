@@ -8,8 +8,8 @@ __all__ = ["ProjectionMetrics"]
 
 
 class ProjectionMetrics:
-    """One set per process; every series is labelled with the generation, because during a rebuild two
-    runners (G serving, G+1 building) report side by side."""
+    """One set per process. The runners' series are labelled with the generation, because during a
+    rebuild two runners (G serving, G+1 building) report side by side; the projector lease's are not."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -52,9 +52,42 @@ class ProjectionMetrics:
             labels,
             registry=self.registry,
         )
+        self.fenced = Counter(
+            "projection_fenced_batches",
+            "Batches refused because this process no longer held the lease (a stale owner's writes)",
+            labels,
+            registry=self.registry,
+        )
         self.op_errors = Counter(
             "projection_op_errors",
             "View updates Redis refused inside an applied batch (a projector bug)",
             labels,
+            registry=self.registry,
+        )
+        # The projector role's lease (active/standby): one per process, no generation.
+        self.lease_held = Gauge(
+            "projection_lease_held",
+            "1 while this process holds the projector lease (the active projector), 0 on a standby",
+            registry=self.registry,
+        )
+        self.takeovers = Counter(
+            "projection_lease_takeovers",
+            "Times this process became the active projector (took the projector lease)",
+            registry=self.registry,
+        )
+        self.losses = Counter(
+            "projection_lease_losses",
+            "Times this process lost the projector lease while it was active (and stood by)",
+            registry=self.registry,
+        )
+        self.handover_seconds = Histogram(
+            "projection_handover_seconds",
+            "From the previous holder's last lease renewal to this standby holding the lease",
+            buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60),
+            registry=self.registry,
+        )
+        self.rebuilds_resumed = Counter(
+            "projection_rebuilds_resumed",
+            "Rebuilds this process resumed from the position another owner had built them to",
             registry=self.registry,
         )

@@ -1,10 +1,19 @@
 """Blue/green rebuild of the read models (design.md §6), and the start-up decision that forces one.
 
-A rebuild builds generation G+1 from the start of ``$all`` with its own runner while G keeps serving,
-switches ``active`` to G+1 with a compare-and-set that also requires G+1 to have applied the head it was
-measured against, stops G's runner, then deletes G. Progress (events applied, events/s, ETA against the
-head) goes to a callback and to any number of async iterators, for the CLI's progress bar and the admin
-API. In v1 one projector process owns both generations, so there is no lease hand-off between processes.
+A rebuild records its target generation T (a number never handed out before) in ``{prefix}:rebuild``,
+builds T from the start of ``$all`` with its own runner while the active generation G keeps serving,
+switches ``active`` to T with a compare-and-set that also requires T to have applied the head it was
+measured against, stops G's runner, deletes G and clears the record. Progress (events applied, events/s,
+ETA against the head) goes to a callback and to any number of async iterators, for the CLI's progress bar
+and the admin API.
+
+Active/standby: the process holding the projector lease runs the rebuild, and every write that matters
+(the batches, the switch, the record) is fenced by that lease. When the owner dies mid-rebuild, the
+record stays and the next holder **resumes** it (``resume=True``): T's stored position is exact (each
+batch moved it by compare-and-set with its updates), so T is followed on from there, not rebuilt from
+the start. Only a T that holds views but no position (Redis lost data) is abandoned and a fresh rebuild
+started. Readers never see a half-switched state: ``active`` is one key, moved once, to a generation that
+has caught up.
 """
 
 from __future__ import annotations
@@ -20,16 +29,19 @@ import structlog
 from orchestrator.app.ports import RebuildPhase as Phase
 from orchestrator.app.ports import RebuildProgress
 from orchestrator.eventstore import EventFilter, EventStore, Position
+from projections.lease import Lease, LeaseLost
 from projections.metrics import ProjectionMetrics
-from projections.redis_store import RedisViewStore
+from projections.redis_store import ReadModelError, RedisViewStore
 from projections.runner import Runner, RunnerSettings, wait_for_position
 from projections.updates import Projector
 
 __all__ = [
     "Rebuild",
     "RebuildError",
+    "RebuildInProgress",
     "RebuildProgress",
     "ensure_active",
+    "finish_switched",
     "needs_rebuild",
     "start_serving",
 ]
@@ -41,12 +53,16 @@ class RebuildError(Exception):
     """The rebuild could not switch (the active generation changed under it) or its runner failed."""
 
 
+class RebuildInProgress(ReadModelError):
+    """A rebuild was requested while one is running (the admin API answers 409)."""
+
+
 async def ensure_active(views: RedisViewStore) -> int:
     """The serving generation; on a first start, a fresh one (above any leftovers, cleared first)."""
     active = await views.active_generation()
     if active is not None:
         return active
-    generation = max(await views.generations(), default=0) + 1
+    generation = await views.allocate_generation(max(await views.generations(), default=0))
     await views.delete_generation(generation)
     result = await views.set_active(None, generation)
     if result.switched:
@@ -54,6 +70,15 @@ async def ensure_active(views: RedisViewStore) -> int:
     if result.active is None:
         raise RebuildError("could not set the active generation")
     return result.active  # another process initialised it first
+
+
+async def finish_switched(views: RedisViewStore, target: int) -> None:
+    """The end of a rebuild whose target serves: delete the older generations, clear the record. Safe to
+    repeat, and by a late process: retired generation numbers are never used again."""
+    for generation in await views.generations():
+        if generation < target:
+            await views.delete_generation(generation)
+    await views.finish_rebuild(target)
 
 
 async def needs_rebuild(views: RedisViewStore) -> bool:
@@ -82,7 +107,12 @@ class Rebuild:
         on_progress: Callable[[RebuildProgress], None] | None = None,
         progress_interval: float = 0.5,
         switch_timeout: float = 60.0,
+        lease: Lease | None = None,
+        resume: bool = False,
     ) -> None:
+        """``lease``: the projector lease every write is fenced by (``None``: a lone process, each runner
+        with a lease of its own). ``resume``: carry on with a recorded rebuild instead of refusing with
+        :class:`RebuildInProgress` (what a new owner does)."""
         self._events = events
         self._views = views
         self._projectors = tuple(projectors)
@@ -93,6 +123,11 @@ class Rebuild:
         self._on_progress = on_progress
         self._interval = progress_interval
         self._switch_timeout = switch_timeout
+        self._lease = lease
+        self._fence = lease.fence if lease is not None else None
+        self._resume = resume
+        #: the target's position when this process started on it (a resumed rebuild is not at zero)
+        self._from: Position | None = None
         self._listeners: list[asyncio.Queue[RebuildProgress]] = []
         self._progress: RebuildProgress | None = None
         self._started = time.monotonic()
@@ -117,42 +152,90 @@ class Rebuild:
 
     async def run(self) -> Runner:
         old = await self._views.active_generation()
-        target = max([old or 0, *await self._views.generations()]) + 1
-        # A rebuild that died before switching leaves keys behind, perhaps without a position.
-        await self._views.delete_generation(target)
-        runner = Runner(
-            self._events,
-            self._views,
-            target,
-            self._projectors,
-            filter=self._filter,
-            settings=self._settings,
-            metrics=self._metrics,
-        )
+        target = await self._begin(old)
+        if target == old:
+            # Switched already (its owner died before the clean-up): finish, serve it.
+            await finish_switched(self._views, target)
+            runner = self._current if self._current is not None else self._runner(target)
+            runner.start()
+            await self._report(runner, "done", await self._events.head_position())
+            return runner
+        runner = self._runner(target)
+        self._from = await self._views.position(target)
         self._started = time.monotonic()
         task = runner.start()
         try:
             await self._build(runner, task)
             await self._switch(runner, task, old)
+        except (asyncio.CancelledError, LeaseLost) as e:
+            # This process stops or lost the lease: the record stays, the next owner resumes it.
+            await _stop_quietly(runner)
+            await self._report(runner, "failed", None, error=f"interrupted ({type(e).__name__}); resumable")
+            raise
         except BaseException as e:
-            await runner.stop()
+            await _stop_quietly(runner)
             await self._report(runner, "failed", None, error=str(e) or type(e).__name__)
             with contextlib.suppress(Exception):
-                await self._views.delete_generation(target)
+                if await self._views.abandon_rebuild(target, fence=self._fence):
+                    await self._views.delete_generation(target)
             raise
         log.info("read models switched", old=old, new=target)
         if self._current is not None:
             await self._current.stop()
         head = await self._events.head_position()
         await self._report(runner, "cleaning", head)
-        # Older leftovers go too; anything above `target` would be a later rebuild's, so it stays.
-        stale = {g for g in await self._views.generations() if g < target}
+        # Every generation below `target` goes, the old one even when it had lost its position.
         if old is not None:
-            stale.add(old)  # even when it had lost its position
-        for generation in sorted(stale):
-            await self._views.delete_generation(generation)
+            await self._views.delete_generation(old)
+        await finish_switched(self._views, target)
         await self._report(runner, "done", head)
         return runner
+
+    async def _begin(self, old: int | None) -> int:
+        """Record a new rebuild, or (``resume``) take over the recorded one; its target generation."""
+        floor = max([old or 0, *await self._views.generations()])
+        start = await self._views.begin_rebuild(floor, fence=self._fence)
+        if start.lease_lost:
+            raise LeaseLost("the projector lease is not held: another process is the active projector")
+        assert start.generation is not None
+        target = start.generation
+        if start.started:
+            # A fresh number; keys of it could only be orphans of a Redis that lost the counter.
+            await self._views.delete_generation(target)
+            return target
+        if not self._resume:
+            raise RebuildInProgress(f"a rebuild into generation {target} is already running")
+        if (
+            target != old
+            and await self._views.position(target) is None
+            and await self._views.has_views(target)
+        ):
+            # Views without a position cannot be followed on: start again, under a new number.
+            log.warning("recorded rebuild cannot be resumed; starting a new one", generation=target)
+            if await self._views.abandon_rebuild(target, fence=self._fence):
+                await self._views.delete_generation(target)
+            return await self._begin(old)
+        if target != old:
+            log.info(
+                "resuming the recorded rebuild",
+                generation=target,
+                position=await self._views.position(target),
+            )
+            if self._metrics is not None:
+                self._metrics.rebuilds_resumed.inc()
+        return target
+
+    def _runner(self, generation: int) -> Runner:
+        return Runner(
+            self._events,
+            self._views,
+            generation,
+            self._projectors,
+            filter=self._filter,
+            settings=self._settings,
+            metrics=self._metrics,
+            lease=self._lease,
+        )
 
     async def _build(self, runner: Runner, task: asyncio.Task[None]) -> None:
         while True:
@@ -176,9 +259,13 @@ class Rebuild:
                     if time.monotonic() > deadline:
                         raise RebuildError(f"generation {runner.generation} did not reach {head} in time")
                     continue
-            result = await self._views.set_active(old, runner.generation, min_position=head)
+            result = await self._views.set_active(
+                old, runner.generation, min_position=head, fence=self._fence
+            )
             if result.switched:
                 return
+            if result.lease_lost:
+                raise LeaseLost("the projector lease was lost before the switch")
             if not result.not_caught_up:
                 raise RebuildError(
                     f"active generation changed from {old} to {result.active} during the rebuild"
@@ -189,9 +276,10 @@ class Rebuild:
         position = runner.position
         rate = runner.events_applied / elapsed
         eta: float | None = None
-        if head is not None and position is not None and position.commit > 0:
-            # The position moved from the start of $all, so position/elapsed is the positions' rate.
-            eta = max(0, head.commit - position.commit) / (position.commit / elapsed)
+        moved = (position.commit if position else 0) - (self._from.commit if self._from else 0)
+        if head is not None and position is not None and moved > 0:
+            # The position moved from where this process started, so moved/elapsed is the positions' rate.
+            eta = max(0, head.commit - position.commit) / (moved / elapsed)
         snapshot = RebuildProgress(
             runner.generation, phase, runner.events_applied, position, head, elapsed, rate, eta, error
         )
@@ -202,6 +290,12 @@ class Rebuild:
             self._on_progress(snapshot)
         for queue in self._listeners:
             queue.put_nowait(snapshot)
+
+
+async def _stop_quietly(runner: Runner) -> None:
+    """Stop a runner on the way out of a failed rebuild: the rebuild's own error is the one to raise."""
+    with contextlib.suppress(Exception):
+        await runner.stop()
 
 
 def _raise_if_failed(task: asyncio.Task[None]) -> None:
@@ -220,20 +314,31 @@ async def start_serving(
     metrics: ProjectionMetrics | None = None,
     on_progress: Callable[[RebuildProgress], None] | None = None,
 ) -> Runner:
-    """What the projector role does at start-up: refuse an evicting Redis, make sure a generation is
-    active, rebuild when its views cannot be trusted, and return the serving runner (running)."""
+    """What a lone projection process does at start-up (no projector lease; the projector service does the
+    same under it): refuse an evicting Redis, make sure a generation is active, rebuild when its views
+    cannot be trusted or resume a recorded rebuild, and return the serving runner (running)."""
     await views.check_eviction_policy()
     generation = await ensure_active(views)
-    if await needs_rebuild(views):
-        log.warning("active read models have views but no position; rebuilding", generation=generation)
+    repair = await needs_rebuild(views)
+    if repair or await views.rebuild_target() is not None:
+        if repair:
+            log.warning("active read models have views but no position; rebuilding", generation=generation)
+        current = None
+        if not repair:
+            current = Runner(
+                events, views, generation, projectors, filter=filter, settings=settings, metrics=metrics
+            )
+            current.start()
         rebuild = Rebuild(
             events,
             views,
             projectors,
+            current=current,
             filter=filter,
             settings=settings,
             metrics=metrics,
             on_progress=on_progress,
+            resume=True,
         )
         return await rebuild.run()
     runner = Runner(events, views, generation, projectors, filter=filter, settings=settings, metrics=metrics)

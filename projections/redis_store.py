@@ -3,8 +3,13 @@
 Key layout (design.md §6), no ``{…}`` hash tags:
 
 - ``{prefix}:active`` — the generation readers serve.
+- ``{prefix}:lease`` — the projector lease (``SET NX PX``): its holder is the active projector process;
+  every batch and every rebuild write of its runners is conditional on it (with ``Fence``).
+- ``{prefix}:rebuild`` — the target generation of the rebuild in progress (absent: none), so the next
+  holder of the lease resumes a rebuild whose owner died.
+- ``{prefix}:generations`` — the last generation number handed out (numbers are never reused).
 - ``{prefix}:g{G}:position`` — the ``$all`` position generation G has applied (``Position.commit``).
-- ``{prefix}:g{G}:lease`` — the runner lease of generation G (``SET NX PX``).
+- ``{prefix}:g{G}:lease`` — the runner lease of generation G, for a runner that fences itself.
 - ``{prefix}:g{G}:{tenant}:…`` — the views (logical keys from :mod:`projections.updates`).
 
 This module and :mod:`projections.embedded_redis` are the only ones that import ``redis``; its
@@ -43,7 +48,9 @@ from projections.updates import (
 __all__ = [
     "ApplyResult",
     "EvictionPolicyError",
+    "Fence",
     "ReadModelError",
+    "RebuildStart",
     "RedisViewStore",
     "SwitchResult",
 ]
@@ -57,6 +64,15 @@ class ReadModelError(ReadModelUnavailable):
 
 class EvictionPolicyError(ReadModelError):
     """Redis may evict keys: a read model that silently loses keys is wrong, not just stale."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A write is made only while ``owner`` holds the lease at ``key`` (checked inside the script that
+    writes, so a paused owner that wakes up after losing the lease is refused by Redis, not by itself)."""
+
+    key: str
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +99,21 @@ class SwitchResult:
     active: int | None = None
     #: the new generation had not applied the required position
     not_caught_up: bool = False
+    #: the fence's lease is not held by its owner: nothing was checked or changed
+    lease_lost: bool = False
 
     def __bool__(self) -> bool:
         return self.switched
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildStart:
+    """Outcome of :meth:`RedisViewStore.begin_rebuild`."""
+
+    #: a new rebuild was recorded (False: one was recorded already, ``generation`` is its target)
+    started: bool
+    generation: int | None
+    lease_lost: bool = False
 
 
 class _Script:
@@ -107,6 +135,10 @@ _APPLY = _Script(lua.APPLY_BATCH)
 _SET_ACTIVE = _Script(lua.SET_ACTIVE)
 _RENEW = _Script(lua.RENEW_LEASE)
 _RELEASE = _Script(lua.RELEASE_LEASE)
+_ALLOCATE = _Script(lua.ALLOCATE_GENERATION)
+_BEGIN_REBUILD = _Script(lua.BEGIN_REBUILD)
+_FINISH_REBUILD = _Script(lua.FINISH_REBUILD)
+_ABANDON_REBUILD = _Script(lua.ABANDON_REBUILD)
 
 
 def _score(value: float) -> str:
@@ -205,12 +237,21 @@ class RedisViewStore:
     def _position_key(self, generation: int) -> str:
         return self.generation_prefix(generation) + "position"
 
-    def _lease_key(self, generation: int) -> str:
-        return self.generation_prefix(generation) + "lease"
+    def lease_key(self, generation: int | None = None) -> str:
+        """The runner lease of ``generation``; ``None``: the projector lease (one per prefix)."""
+        return f"{self.prefix}:lease" if generation is None else self.generation_prefix(generation) + "lease"
 
     @property
     def _active_key(self) -> str:
         return f"{self.prefix}:active"
+
+    @property
+    def _rebuild_key(self) -> str:
+        return f"{self.prefix}:rebuild"
+
+    @property
+    def _counter_key(self) -> str:
+        return f"{self.prefix}:generations"
 
     # --- positions and generations ------------------------------------------------------------------
     async def position(self, generation: int) -> Position | None:
@@ -224,15 +265,21 @@ class RedisViewStore:
         return None if raw is None else int(raw)
 
     async def set_active(
-        self, expected: int | None, generation: int, *, min_position: Position | None = None
+        self,
+        expected: int | None,
+        generation: int,
+        *,
+        min_position: Position | None = None,
+        fence: Fence | None = None,
     ) -> SwitchResult:
         """Compare-and-set ``active`` from ``expected`` (``None``: unset) to ``generation``, and only if
-        ``generation`` has applied at least ``min_position``."""
-        keys = [self._active_key, self._position_key(generation)]
+        ``generation`` has applied at least ``min_position`` (and the ``fence``'s owner holds its lease)."""
+        keys = [self._active_key, self._position_key(generation), fence.key if fence else self.lease_key()]
         args = [
             "" if expected is None else str(expected),
             str(generation),
             "" if min_position is None else str(min_position.commit),
+            fence.owner if fence else "",
         ]
         async with translated():
             status, value = await _SET_ACTIVE(self._client, keys, args)
@@ -240,7 +287,52 @@ class RedisViewStore:
             return SwitchResult(True, generation)
         if status == 0:
             return SwitchResult(False, int(value) if value else None)
+        if status == -2:
+            return SwitchResult(False, expected, lease_lost=True)
         return SwitchResult(False, expected, not_caught_up=True)
+
+    # --- generation numbers and the rebuild record ----------------------------------------------------
+    async def allocate_generation(self, floor: int) -> int:
+        """A generation number above ``floor`` (the highest known to exist) never handed out before."""
+        async with translated():
+            return int(await _ALLOCATE(self._client, [self._counter_key], [str(floor)]))
+
+    async def begin_rebuild(self, floor: int, *, fence: Fence | None = None) -> RebuildStart:
+        """Record a rebuild into a new generation (above ``floor``), unless one is recorded already."""
+        keys = [self._rebuild_key, self._counter_key, fence.key if fence else self.lease_key()]
+        async with translated():
+            status, value = await _BEGIN_REBUILD(
+                self._client, keys, [fence.owner if fence else "", str(floor)]
+            )
+        if status == -1:
+            return RebuildStart(False, None, lease_lost=True)
+        return RebuildStart(status == 1, int(value))
+
+    async def rebuild_target(self) -> int | None:
+        """The target generation of the recorded rebuild (``None``: none in progress)."""
+        async with translated():
+            raw = await self._client.get(self._rebuild_key)
+        return None if raw is None else int(raw)
+
+    async def finish_rebuild(self, target: int) -> bool:
+        """Clear the record of the rebuild into ``target`` once ``target`` is active."""
+        async with translated():
+            keys = [self._rebuild_key, self._active_key]
+            return bool(await _FINISH_REBUILD(self._client, keys, [str(target)]))
+
+    async def abandon_rebuild(self, target: int, *, fence: Fence | None = None) -> bool:
+        """Drop the record and the position of a rebuild into ``target`` that does not serve (under the
+        ``fence``); True when done, and then the caller deletes ``target``'s keys."""
+        keys = [
+            self._rebuild_key,
+            self._active_key,
+            self._position_key(target),
+            fence.key if fence else self.lease_key(),
+        ]
+        async with translated():
+            return bool(
+                await _ABANDON_REBUILD(self._client, keys, [str(target), fence.owner if fence else ""])
+            )
 
     async def apply_batch(
         self,
@@ -250,13 +342,17 @@ class RedisViewStore:
         updates: Sequence[Update],
         *,
         lease_owner: str | None = None,
+        fence: Fence | None = None,
     ) -> ApplyResult:
         """Apply ``updates`` and move the position from ``start_position`` to ``end_position`` in one Lua
         call — only if the stored position is still ``start_position`` (and, with ``lease_owner``, only if
-        that owner holds the lease). Anything else applies nothing."""
+        that owner holds the generation's lease; with ``fence``, its lease). Anything else applies
+        nothing."""
         if start_position is not None and end_position < start_position:
             raise ValueError("a batch cannot move the position backwards")
-        fixed = [self._position_key(generation), self._lease_key(generation)]
+        if fence is None and lease_owner:
+            fence = Fence(self.lease_key(generation), lease_owner)
+        fixed = [self._position_key(generation), fence.key if fence else self.lease_key(generation)]
         gen_prefix = self.generation_prefix(generation)
 
         def physical(logical: str) -> str:
@@ -269,7 +365,7 @@ class RedisViewStore:
         args = [
             "" if start_position is None else str(start_position.commit),
             str(end_position.commit),
-            lease_owner or "",
+            fence.owner if fence else "",
             ops,
         ]
         async with translated():
@@ -296,7 +392,7 @@ class RedisViewStore:
     async def has_views(self, generation: int) -> bool:
         """Whether ``generation`` holds any view key (its position and lease do not count)."""
         gen_prefix = self.generation_prefix(generation)
-        bookkeeping = {self._position_key(generation), self._lease_key(generation)}
+        bookkeeping = {self._position_key(generation), self.lease_key(generation)}
         async with translated():
             async for key in self._client.scan_iter(match=_match_escape(gen_prefix) + "*", count=1000):
                 if key not in bookkeeping:
@@ -339,15 +435,26 @@ class RedisViewStore:
         async with translated():
             await self._client.ping()
 
-    # --- the runner lease -----------------------------------------------------------------------------
-    async def acquire_lease(self, generation: int, owner: str, ttl_ms: int) -> bool:
+    # --- leases (``generation`` None: the projector lease) --------------------------------------------
+    async def acquire_lease(self, generation: int | None, owner: str, ttl_ms: int) -> bool:
         async with translated():
-            return bool(await self._client.set(self._lease_key(generation), owner, nx=True, px=ttl_ms))
+            return bool(await self._client.set(self.lease_key(generation), owner, nx=True, px=ttl_ms))
 
-    async def renew_lease(self, generation: int, owner: str, ttl_ms: int) -> bool:
+    async def renew_lease(self, generation: int | None, owner: str, ttl_ms: int) -> bool:
         async with translated():
-            return bool(await _RENEW(self._client, [self._lease_key(generation)], [owner, str(ttl_ms)]))
+            return bool(await _RENEW(self._client, [self.lease_key(generation)], [owner, str(ttl_ms)]))
 
-    async def release_lease(self, generation: int, owner: str) -> bool:
+    async def release_lease(self, generation: int | None, owner: str) -> bool:
         async with translated():
-            return bool(await _RELEASE(self._client, [self._lease_key(generation)], [owner]))
+            return bool(await _RELEASE(self._client, [self.lease_key(generation)], [owner]))
+
+    async def lease_holder(self, generation: int | None = None) -> tuple[str | None, float | None]:
+        """Who holds the lease and for how many more seconds (``(None, None)``: nobody)."""
+        key = self.lease_key(generation)
+        async with translated(), self._client.pipeline(transaction=True) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            owner, pttl = await pipe.execute()
+        if owner is None:
+            return None, None
+        return str(owner), (pttl / 1000 if pttl >= 0 else None)

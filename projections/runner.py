@@ -4,9 +4,11 @@ batches with compare-and-set (design.md §0 invariant 7, §6).
 - Exactly once: every batch moves the stored position from the batch's start to its end in the same Lua
   call as its updates; a conflict (someone else moved it) applies nothing, and the runner re-reads the
   stored position and resubscribes from there.
-- One active runner per generation: a ``SET NX PX`` lease, renewed in the background and checked inside
-  the apply script. The lease is only an efficiency measure (a standby does no wasted work); the
-  compare-and-set is the fence, so even two runners without a lease never double-apply.
+- One active runner per generation: a lease (:mod:`projections.lease`) checked inside the apply script:
+  the projector lease of the process it runs in (``lease=``, the projector service's), or a lease of its
+  own on its generation. The lease is an efficiency measure (a standby does no wasted work) and refuses
+  a stale owner's batches; the compare-and-set is the fence, so even two runners without a lease never
+  double-apply.
 - Markers advance the position: a ``Checkpoint`` or ``CaughtUp`` flushes the batch with the marker's
   position (possibly with no updates), so a filtered-out tail never stalls the stored position.
 """
@@ -35,6 +37,7 @@ from orchestrator.eventstore import (
     SubscriptionDropped,
     SubscriptionItem,
 )
+from projections.lease import Lease
 from projections.metrics import ProjectionMetrics
 from projections.redis_store import ReadModelError, RedisViewStore
 from projections.updates import Projector, Update
@@ -64,7 +67,9 @@ class RunnerSettings:
     batch_updates: int = 5_000
     #: longest wait for more events before a partial batch is applied (live tail latency)
     linger: float = 0.02
-    lease_ttl: float = 10.0
+    #: the lease's time to live: a standby takes over within ``lease_ttl * 1.1`` of the holder's last
+    #: renewal (it polls at a tenth of the TTL)
+    lease_ttl: float = 5.0
     #: subscription checkpoint interval (in the store's scan windows), see ``EventStore.subscribe_all``
     checkpoint_interval: int = 32
     #: backoff after a Redis or event store failure (doubles up to ``max_backoff``)
@@ -88,9 +93,13 @@ _APPLIED, _CONFLICT, _LEASE_LOST = "applied", "conflict", "lease_lost"
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, raising what it failed with. A cancellation of the caller
+    itself propagates: a ``suppress(CancelledError)`` around ``await task`` would swallow it (the caller
+    would carry on as if it had not been cancelled, and whoever stops it would wait for ever)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait([task])
+    if not task.cancelled() and (error := task.exception()) is not None:
+        raise error
 
 
 class Runner:
@@ -107,6 +116,7 @@ class Runner:
         settings: RunnerSettings | None = None,
         owner: str | None = None,
         use_lease: bool = True,
+        lease: Lease | None = None,
         metrics: ProjectionMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -117,7 +127,10 @@ class Runner:
         self.filter = filter
         self.settings = settings or RunnerSettings()
         self.owner = owner or f"runner-{uuid.uuid4()}"
-        self.use_lease = use_lease
+        self.use_lease = use_lease or lease is not None
+        #: someone else's lease (the projector service's) this runner works under; it only follows it
+        self._shared_lease = lease is not None
+        self.lease = lease or Lease(views, self.owner, self.settings.lease_ttl, generation=generation)
         self.metrics = metrics or ProjectionMetrics()
         self._clock = clock
         self._label = str(generation)
@@ -161,11 +174,16 @@ class Runner:
         try:
             while True:
                 try:
-                    if self.use_lease and (renewer is None or renewer.done()):
-                        await self._acquire_lease()
-                        renewer = asyncio.create_task(self._keep_lease())
-                    if await self._follow() == _LEASE_LOST and renewer is not None:
-                        await _cancel(renewer)  # back to standby: acquire again before any work
+                    if self._shared_lease:
+                        await self.lease.wait_held()  # its holder (the service) acquires and renews it
+                    elif self.use_lease and (renewer is None or renewer.done()):
+                        await self.lease.acquire()
+                        log.info("projection lease acquired", generation=self.generation, owner=self.owner)
+                        renewer = asyncio.create_task(self.lease.keep())
+                    if await self._follow() == _LEASE_LOST:
+                        self.lease.lose()  # whoever holds it learns at once, not at the next renewal
+                        if renewer is not None:
+                            await _cancel(renewer)  # back to standby: acquire again before any work
                     backoff = self.settings.backoff
                 except (ReadModelError, EventStoreError) as e:
                     if isinstance(e, StoreClosed):
@@ -176,33 +194,9 @@ class Runner:
         finally:
             if renewer is not None:
                 await _cancel(renewer)
-            if self.use_lease:
+            if self.use_lease and not self._shared_lease:
                 with contextlib.suppress(ReadModelError):
-                    await self.views.release_lease(self.generation, self.owner)
-
-    # --- the lease -------------------------------------------------------------------------------------
-    @property
-    def _ttl_ms(self) -> int:
-        return max(1, int(self.settings.lease_ttl * 1000))
-
-    async def _acquire_lease(self) -> None:
-        # A standby waits here for as long as another runner holds the lease: that is its job.
-        # The lease lives in Redis, so there is no local event to wait on: poll it.
-        while not await self.views.acquire_lease(self.generation, self.owner, self._ttl_ms):  # noqa: ASYNC110
-            await asyncio.sleep(self.settings.lease_ttl / 5)
-        log.info("projection lease acquired", generation=self.generation, owner=self.owner)
-
-    async def _keep_lease(self) -> None:
-        """Renew at a third of the TTL; ends when the lease is gone. The apply script refuses our batches
-        from then on, so correctness never depends on noticing it here first."""
-        while True:
-            await asyncio.sleep(self.settings.lease_ttl / 3)
-            try:
-                if not await self.views.renew_lease(self.generation, self.owner, self._ttl_ms):
-                    log.warning("projection lease lost", generation=self.generation, owner=self.owner)
-                    return
-            except ReadModelError as e:
-                log.warning("projection lease renewal failed", generation=self.generation, error=str(e))
+                    await self.lease.release()
 
     # --- following $all --------------------------------------------------------------------------------
     async def _follow(self) -> str:
@@ -254,9 +248,12 @@ class Runner:
                 elif deadline is None and batch.pending:
                     deadline = loop.time() + self.settings.linger
         finally:
-            await _cancel(pump)
-            with contextlib.suppress(EventStoreError):
-                await subscription.close()
+            pump.cancel()
+            try:
+                with contextlib.suppress(EventStoreError):
+                    await subscription.close()
+            finally:
+                await asyncio.wait([pump])
 
     def _project(self, event: RecordedEvent) -> list[Update]:
         updates: list[Update] = []
@@ -281,12 +278,13 @@ class Runner:
             batch.start,
             batch.end,
             batch.updates,
-            lease_owner=self.owner if self.use_lease else None,
+            fence=self.lease.fence if self.use_lease else None,
         )
         metrics = self.metrics
         metrics.apply_seconds.labels(self._label).observe(time.perf_counter() - started)
         if not result:
             if result.lease_lost:
+                metrics.fenced.labels(self._label).inc()
                 log.warning("projection lease lost at apply", generation=self.generation)
                 return _LEASE_LOST
             else:
