@@ -173,7 +173,12 @@ def node_state(engine: Engine | None, projector: ProjectorService | None) -> Cal
             }
             state["consuming"] = engine.consuming
         if projector is not None:
-            state["projector"] = {"active": projector.active, "rebuilding": projector.rebuilding}
+            lag = projector.lag_seconds
+            state["projector"] = {
+                "active": projector.active,
+                "rebuilding": projector.rebuilding,
+                "lag_s": round(lag, 3) if lag is not None else None,
+            }
         return state
 
     return report

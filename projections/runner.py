@@ -132,6 +132,8 @@ class Runner:
         self._shared_lease = lease is not None
         self.lease = lease or Lease(views, self.owner, self.settings.lease_ttl, generation=generation)
         self.metrics = metrics or ProjectionMetrics()
+        #: how far behind the last applied batch was, in seconds (None: nothing applied yet)
+        self.lag_seconds: float | None = None
         self._clock = clock
         self._label = str(generation)
         #: the position this runner last applied or read from the store
@@ -315,11 +317,13 @@ class Runner:
 
     async def _observe_lag(self, batch: _Batch, caught_up: bool) -> None:
         if caught_up:
+            self.lag_seconds = 0.0
             self.metrics.lag_positions.labels(self._label).set(0)
             self.metrics.lag_seconds.labels(self._label).set(0)
             return
         if batch.last_time is not None:
             age = max(0.0, self._clock() - batch.last_time)
+            self.lag_seconds = age
             self.metrics.lag_seconds.labels(self._label).set(age)
         now = time.monotonic()
         if now - self._head_read_at >= self.settings.head_refresh:

@@ -141,6 +141,11 @@ class ProjectorService:
         self._stopped = False
 
     @property
+    def lag_seconds(self) -> float | None:
+        """The serving runner's lag at its last batch (None: not serving, or nothing applied yet)."""
+        return self.runner.lag_seconds if self.runner is not None else None
+
+    @property
     def active(self) -> bool:
         """Whether this process is the active projector (holds the lease and serves)."""
         return self.lease.held and self.runner is not None

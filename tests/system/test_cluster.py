@@ -187,9 +187,12 @@ async def test_one_leader_and_every_node_agrees(tmp_path: Path) -> None:
             for view in views.values():
                 for n in view["nodes"]:
                     state = n["reported"] or {}
-                    if c.deploy.roles[c.name_of(n["node_id"])].role == "engine" and not (
+                    role = c.deploy.roles[c.name_of(n["node_id"])].role
+                    if role == "engine" and not (
                         state.get("consuming") and state.get("timers", {}).get("running")
                     ):
+                        return False
+                    if role == "projector" and not state.get("projector", {}).get("active"):
                         return False
             return True
 
